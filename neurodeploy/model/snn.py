@@ -1,0 +1,159 @@
+"""The spiking GPT decoder, after SpikeDecoder (Beger, Walter and Knoll,
+arXiv 2606.12287), built from SLAYER CUBA-LIF neurons.
+
+Shapes: tokens (B, P); spikes and currents (B*P, C, T), time last.
+
+Residual styles (``ModelSpec.residual``):
+
+- ``membrane`` (default, deployable): the stream is the encoder's spikes
+  plus every earlier branch's output current. Each branch starts with a LIF
+  on the stream, so every Linear reads spikes; on Lava the stream becomes
+  synaptic fan-in into those entry LIFs.
+- ``spike`` (deployable): the stream is re-binarised by a LIF after each
+  branch, so it is a spike train throughout.
+- ``float`` (ablation, not deployable): branches read the float stream
+  directly, without an entry LIF.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..spec import ModelSpec
+from .layers import SpikeEncoder, SpikeLinear, make_norm
+from .neuron import CubaLIF, CubaParams
+
+
+def neuron_params(model: ModelSpec) -> CubaParams:
+    return CubaParams(model.threshold, model.current_decay,
+                      model.voltage_decay, model.tau_grad, model.scale_grad)
+
+
+class SpikingSelfAttention(nn.Module):
+    """Softmax-free causal self-attention on spikes.
+
+    Q, K, V = LIF(norm(Linear(s))); per time step and head A = Q K^T with
+    future positions zeroed, Y = (A V) * 2**-attention_shift, then an
+    attention LIF and the output projection (Linear + norm, a current).
+    All operands of both products are spikes, so each product is a sum of
+    accumulates. Shape: (B*P, C, T) -> (B*P, C, T).
+    """
+
+    def __init__(self, model: ModelSpec):
+        super().__init__()
+        params = neuron_params(model)
+        c = model.d_model
+        # Q, K and V share one matrix product, one per-channel norm and one
+        # LIF call: per channel this is three independent layers.
+        self.qkv = SpikeLinear(c, 3 * c, model.norm)
+        self.qkv_lif = CubaLIF(params)
+        self.attention_lif = CubaLIF(params)
+        self.out = SpikeLinear(c, c, model.norm)
+        self.n_heads = model.n_heads
+        self.scale = model.attention_scale
+
+    def forward(self, s: torch.Tensor, batch: int) -> torch.Tensor:
+        q, k, v = self.qkv_lif(self.qkv(s)).chunk(3, dim=1)
+        y = self.attention_lif(attend(q, k, v, batch, self.n_heads,
+                                      self.scale))
+        return self.out(y)
+
+
+def attend(q, k, v, batch: int, n_heads: int, scale: float) -> torch.Tensor:
+    """Causal spike attention without softmax: (B*P, C, T) operands."""
+    n, c, t = q.shape
+    p = n // batch
+    d_head = c // n_heads
+
+    def heads(x):  # (B*P, C, T) -> (B, T, H, P, D), read time-major
+        rows = x.transpose(1, 2).reshape(batch, p, t, n_heads, d_head)
+        return rows.permute(0, 2, 3, 1, 4)
+
+    scores = heads(q) @ heads(k).transpose(-1, -2)  # (B, T, H, P, P)
+    causal = torch.ones(p, p, dtype=torch.bool, device=q.device).tril()
+    scores = scores.masked_fill(~causal, 0.0)
+    y = (scores @ heads(v)) * scale  # (B, T, H, P, D)
+    rows = y.permute(0, 3, 1, 2, 4).reshape(n, t, c)  # (B*P, T, C)
+    return rows.transpose(1, 2)  # (B*P, C, T)
+
+
+class SpikingMLP(nn.Module):
+    """Linear -> norm -> LIF -> Linear -> norm; output is a current.
+
+    Shape: (B*P, C, T) -> (B*P, C, T).
+    """
+
+    def __init__(self, model: ModelSpec):
+        super().__init__()
+        self.up = SpikeLinear(model.d_model, model.d_mlp, model.norm)
+        self.hidden_lif = CubaLIF(neuron_params(model))
+        self.down = SpikeLinear(model.d_mlp, model.d_model, model.norm)
+
+    def forward(self, s: torch.Tensor, batch: int) -> torch.Tensor:
+        return self.down(self.hidden_lif(self.up(s)))
+
+
+class Branch(nn.Module):
+    """One residual branch (attention or MLP) with its stream interface."""
+
+    def __init__(self, body: nn.Module, model: ModelSpec):
+        super().__init__()
+        self.body = body
+        self.residual = model.residual
+        params = neuron_params(model)
+        # membrane: entry LIF turns the summed stream into spikes.
+        # spike: exit LIF re-binarises the stream after the sum.
+        self.lif = CubaLIF(params) if self.residual != "float" else None
+        self.dropout = nn.Dropout(model.dropout)
+
+    def forward(self, stream: torch.Tensor, batch: int) -> torch.Tensor:
+        if self.residual == "membrane":
+            out = self.body(self.lif(stream), batch)
+            return stream + self.dropout(out)
+        if self.residual == "spike":
+            out = self.body(stream, batch)
+            return self.lif(stream + self.dropout(out))
+        return stream + self.dropout(self.body(stream, batch))
+
+
+class SpikingDecoder(nn.Module):
+    """Encoder, L blocks of (attention, MLP) branches and a readout.
+
+    Forward: tokens (B, P) -> logits (B, P, vocab).
+    """
+
+    def __init__(self, model: ModelSpec, vocab_size: int):
+        super().__init__()
+        self.spec = model
+        self.encoder = SpikeEncoder(vocab_size, model)
+        branches = []
+        for _ in range(model.n_layers):
+            branches.append(Branch(SpikingSelfAttention(model), model))
+            branches.append(Branch(SpikingMLP(model), model))
+        self.branches = nn.ModuleList(branches)
+        self.readout_lif = CubaLIF(neuron_params(model)) \
+            if model.readout == "spikes" else None
+        self.readout_norm = make_norm(model.norm, model.d_model)
+        self.head = nn.Linear(model.d_model, vocab_size)
+
+    def stream(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Return the residual stream after the last block: (B*P, C, T)."""
+        b, p = tokens.shape
+        code = self.encoder(tokens)  # (B, P, C)
+        rows = code.reshape(b * p, 1, -1)  # (B*P, 1, C)
+        # Direct encoding: the same spikes at every step, (N, T, C) in memory.
+        x = rows.expand(-1, self.spec.time_steps, -1).contiguous()
+        x = x.transpose(1, 2)  # (B*P, C, T)
+        for branch in self.branches:
+            x = branch(x, b)
+        return x
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, p = tokens.shape
+        x = self.stream(tokens)
+        if self.readout_lif is not None:
+            x = self.readout_lif(x)
+        rate = x.mean(dim=-1)  # (B*P, C): average over T
+        logits = self.head(self.readout_norm(rate))
+        return logits.view(b, p, -1)

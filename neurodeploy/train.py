@@ -1,0 +1,246 @@
+"""The trainer: AdamW, warm-up and cosine decay, validation, checkpoints.
+
+Every random draw of step ``i`` comes from generators seeded with
+``(seed, i)``, so a run resumed from the checkpoint of step ``k`` repeats
+the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import data
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .errors import NeurodeployError
+from .model import build_model
+from .spec import Spec
+
+log = logging.getLogger(__name__)
+
+EVAL_SEED = 1234  # same validation windows for every run and seed
+
+
+@dataclass
+class Metrics:
+    """Validation metrics; losses are per character, not per token."""
+
+    val_loss: float
+    val_bpc: float
+    val_accuracy: float
+
+
+def learning_rate(step: int, spec: Spec) -> float:
+    """Linear warm-up to ``learning_rate``, cosine decay to the minimum."""
+    train = spec.train
+    if step < train.warmup_steps:
+        return train.learning_rate * (step + 1) / train.warmup_steps
+    span = max(1, train.steps - train.warmup_steps)
+    progress = min(1.0, (step - train.warmup_steps) / span)
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return train.min_learning_rate + cosine * (
+        train.learning_rate - train.min_learning_rate)
+
+
+def make_optimizer(model: torch.nn.Module, spec: Spec):
+    """AdamW with weight decay on matrices only (not norms or biases)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": spec.train.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=spec.train.learning_rate,
+                             betas=(0.9, 0.99))
+
+
+@torch.no_grad()
+def evaluate(model, corpus: data.Corpus, spec: Spec, device) -> Metrics:
+    """Measure loss and accuracy on fixed random validation windows."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(EVAL_SEED)
+    total_loss, correct, count = 0.0, 0, 0
+    for _ in range(spec.train.eval_batches):
+        x, y = data.sample_batch(corpus.val, spec.model.context,
+                                 spec.train.batch_size, generator)
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        total_loss += F.cross_entropy(logits.flatten(0, 1), y.flatten(),
+                                      reduction="sum").item()
+        correct += (logits.argmax(-1) == y).sum().item()
+        count += y.numel()
+    model.train(was_training)
+
+    nats_per_char = total_loss / count / corpus.chars_per_token
+    return Metrics(val_loss=nats_per_char,
+                   val_bpc=nats_per_char / math.log(2),
+                   val_accuracy=correct / count)
+
+
+def _step_generators(seed: int, step: int) -> torch.Generator:
+    """Seed the global RNG (dropout) and return the batch generator."""
+    torch.manual_seed(seed * 1_000_003 + step)
+    return torch.Generator().manual_seed(seed * 1_000_033 + step)
+
+
+def train(spec: Spec, corpus_path: str | None, out_dir: str | Path,
+          resume: bool = False, device: str = "cpu",
+          progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train ``spec`` on a corpus; write ``out_dir/checkpoint.pt``.
+
+    ``stop_after`` ends the loop after that step without a final
+    checkpoint, as a killed run would end. Returns a summary with
+    validation metrics, throughput and paths.
+    """
+    out_dir = Path(out_dir)
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+    state = _resume_state(checkpoint_path, spec) if resume else None
+
+    text, raw = data.read_corpus(corpus_path, spec.model.tokenizer)
+    tokenizer = state["tokenizer"] if state else _new_tokenizer(spec, text)
+    corpus = data.split_corpus(text, raw, tokenizer, spec.model.context,
+                               spec.train.validation_fraction)
+    log.info("corpus: %d training and %d validation tokens, vocabulary %d",
+             len(corpus.train), len(corpus.val), tokenizer.vocab_size)
+
+    torch.manual_seed(spec.train.seed)
+    model = build_model(spec.model, tokenizer.vocab_size).to(device)
+    optimizer = make_optimizer(model, spec)
+    start, history = 0, []
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, history = state["step"], state["metrics"].get("history", [])
+        log.info("resumed from %s at step %d", checkpoint_path, start)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("%s decoder %r: %d parameters, %d steps", spec.model.arch,
+             spec.name, n_params, spec.train.steps)
+
+    run = _Run(spec, model, optimizer, corpus, tokenizer, device,
+               checkpoint_path, history)
+    end = min(spec.train.steps, stop_after or spec.train.steps)
+    train_seconds = run.loop(start, end, progress)
+    metrics = history[-1] if history else dataclasses.asdict(
+        evaluate(model, corpus, spec, device))
+
+    tokens = (end - start) * spec.train.batch_size \
+        * spec.model.context
+    return {
+        "model": spec.name,
+        "arch": spec.model.arch,
+        "steps": spec.train.steps,
+        "resumed_from": start if resume else None,
+        "parameters": n_params,
+        **{k: metrics[k] for k in ("val_loss", "val_bpc", "val_accuracy")},
+        "tokens_per_second": tokens / train_seconds if train_seconds else 0.0,
+        "train_seconds": train_seconds,
+        "checkpoint": str(checkpoint_path),
+    }
+
+
+def _new_tokenizer(spec: Spec, text: str):
+    if spec.model.tokenizer == "byte":
+        return data.ByteTokenizer()
+    return data.CharTokenizer.from_text(text)
+
+
+def _resume_state(checkpoint_path: Path, spec: Spec) -> dict:
+    """Load a checkpoint to resume and check it belongs to ``spec``."""
+    if not checkpoint_path.is_file():
+        raise NeurodeployError(
+            f"cannot resume: no checkpoint at {checkpoint_path}; run "
+            "without --resume to start training"
+        )
+    state = load_checkpoint(checkpoint_path)
+    saved = state["spec"]
+    if saved.model != spec.model:
+        diff = {k: (v, getattr(spec.model, k))
+                for k, v in dataclasses.asdict(saved.model).items()
+                if getattr(spec.model, k) != v}
+        raise NeurodeployError(
+            f"cannot resume: {checkpoint_path} was trained with another "
+            f"model (field: (checkpoint, requested) = {diff}); use the same "
+            "--model and --set options, or a new --out folder"
+        )
+    if state["step"] > spec.train.steps:
+        raise NeurodeployError(
+            f"cannot resume: the checkpoint is at step {state['step']}, "
+            f"beyond --steps {spec.train.steps}; pass a larger --steps"
+        )
+    return state
+
+
+class _Run:
+    """The mutable state of one training loop."""
+
+    def __init__(self, spec, model, optimizer, corpus, tokenizer, device,
+                 checkpoint_path, history):
+        self.spec, self.model, self.optimizer = spec, model, optimizer
+        self.corpus, self.tokenizer, self.device = corpus, tokenizer, device
+        self.checkpoint_path, self.history = checkpoint_path, history
+
+    def loop(self, start: int, end: int, progress: bool) -> float:
+        """Run steps ``start .. end - 1``; return seconds spent training."""
+        spec = self.spec.train
+        tokens_per_step = spec.batch_size * self.spec.model.context
+        bar = tqdm(range(start, end), initial=start, total=spec.steps,
+                   disable=not progress, unit="step", dynamic_ncols=True)
+        seconds = 0.0
+        self.model.train()
+        for step in bar:
+            began = time.perf_counter()
+            loss = self.step(step)
+            seconds += time.perf_counter() - began
+            done = step + 1
+            bar.set_postfix(loss=f"{loss:.3f}",
+                            tok_s=f"{tokens_per_step * (done - start) / seconds:.0f}")
+
+            if done % spec.eval_interval == 0 or done == spec.steps:
+                self.validate(done)
+            if done % spec.checkpoint_interval == 0 or done == spec.steps:
+                self.save(done)
+        bar.close()
+        return seconds
+
+    def step(self, step: int) -> float:
+        spec = self.spec
+        generator = _step_generators(spec.train.seed, step)
+        x, y = data.sample_batch(self.corpus.train, spec.model.context,
+                                 spec.train.batch_size, generator)
+        x, y = x.to(self.device), y.to(self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(step, spec)
+
+        logits = self.model(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if spec.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                           spec.train.grad_clip)
+        self.optimizer.step()
+        return loss.item()
+
+    def validate(self, step: int) -> None:
+        metrics = evaluate(self.model, self.corpus, self.spec, self.device)
+        record = {"step": step, **dataclasses.asdict(metrics)}
+        self.history.append(record)
+        log.info("step %d: val_loss %.4f nats/char, %.3f bpc, accuracy %.3f",
+                 step, metrics.val_loss, metrics.val_bpc,
+                 metrics.val_accuracy)
+
+    def save(self, step: int) -> None:
+        save_checkpoint(
+            self.checkpoint_path, spec=self.spec, tokenizer=self.tokenizer,
+            model_state=self.model.state_dict(),
+            optimizer_state=self.optimizer.state_dict(), step=step,
+            metrics={"history": self.history},
+            chars_per_token=self.corpus.chars_per_token)

@@ -1,0 +1,141 @@
+"""Shapes, gradients and invariants of every layer and model variant."""
+
+import itertools
+
+import pytest
+import torch
+
+from neurodeploy.model import build_model
+from neurodeploy.model.layers import (
+    SpikeEncoder, SpikeLinear, WEIGHT_MAX, WEIGHT_MIN, quantize_weight)
+from neurodeploy.model.snn import SpikingMLP, SpikingSelfAttention
+from neurodeploy.spec import apply_overrides
+
+VOCAB = 11
+
+
+def spikes(n, c, t, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, c, t, generator=generator) < 0.3).float()
+
+
+def test_quantised_weights_on_8bit_grid():
+    weight = torch.linspace(-5, 5, 1001)
+    q = quantize_weight(weight)
+    mantissa = q * 64
+    assert torch.equal(mantissa, mantissa.round())
+    assert torch.all(mantissa.round().long() % 2 == 0)
+    assert q.min().item() == WEIGHT_MIN
+    assert q.max().item() == WEIGHT_MAX
+
+
+def test_quantised_weights_pass_gradient_inside_range():
+    weight = torch.tensor([0.3, 10.0], requires_grad=True)
+    quantize_weight(weight).sum().backward()
+    assert weight.grad.tolist() == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("norm", ["batch", "power", "layer"])
+def test_spike_linear_shape_and_gradient(norm):
+    layer = SpikeLinear(8, 5, norm)
+    x = spikes(6, 8, 4).requires_grad_()
+    y = layer(x)
+    assert y.shape == (6, 5, 4)
+    y.square().sum().backward()
+    assert layer.weight.grad.abs().sum() > 0
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("token,position", itertools.product(
+    ["learned", "one_hot", "binary"],
+    ["learned", "binary", "one_hot", "sinusoid", "none"]))
+def test_encoder_emits_binary_codes(tiny_spec, token, position):
+    model = apply_overrides(tiny_spec, [
+        f"token_encoding='{token}'", f"position_encoding='{position}'",
+        "d_position=16", "d_model=32"]).model
+    encoder = SpikeEncoder(VOCAB, model)
+    tokens = torch.randint(0, VOCAB, (3, 16))
+    code = encoder(tokens)
+    assert code.shape == (3, 16, 32)
+    assert set(code.unique().tolist()) <= {0.0, 1.0}
+    # Different tokens get different codes.
+    assert not torch.equal(encoder(torch.zeros_like(tokens)),
+                           encoder(torch.ones_like(tokens)))
+
+
+def test_learned_encoder_gets_surrogate_gradient(tiny_spec):
+    encoder = SpikeEncoder(VOCAB, tiny_spec.model)
+    encoder(torch.randint(0, VOCAB, (2, 16))).sum().backward()
+    assert encoder.token_table.grad.abs().sum() > 0
+    assert encoder.position_table.grad.abs().sum() > 0
+
+
+def test_attention_shape_and_binary_operands(tiny_spec):
+    attention = SpikingSelfAttention(tiny_spec.model)
+    x = spikes(2 * 16, 32, 4).requires_grad_()
+    y = attention(x, batch=2)
+    assert y.shape == (32, 32, 4)
+    y.square().sum().backward()
+    assert attention.qkv.weight.grad.abs().sum() > 0
+
+
+def test_attention_is_causal(tiny_spec):
+    torch.manual_seed(0)
+    attention = SpikingSelfAttention(tiny_spec.model).eval()
+    x = spikes(16, 32, 4, seed=1)
+    changed = x.clone()
+    changed[10:] = spikes(6, 32, 4, seed=2)  # rewrite future positions
+    before = attention(x, batch=1)
+    after = attention(changed, batch=1)
+    assert torch.equal(before[:10], after[:10])
+    assert not torch.equal(before[10:], after[10:])
+
+
+def test_mlp_shape_and_gradient(tiny_spec):
+    mlp = SpikingMLP(tiny_spec.model)
+    x = spikes(8, 32, 4).requires_grad_()
+    y = mlp(x, batch=1)
+    assert y.shape == (8, 32, 4)
+    y.square().sum().backward()
+    assert mlp.up.weight.grad.abs().sum() > 0
+    assert mlp.down.weight.grad.abs().sum() > 0
+
+
+VARIANTS = list(itertools.product(
+    ["membrane", "spike", "float"], ["batch", "power", "layer"],
+    ["stream", "spikes"]))
+
+
+@pytest.mark.parametrize("residual,norm,readout", VARIANTS)
+def test_decoder_variants_train(tiny_spec, residual, norm, readout):
+    torch.manual_seed(0)
+    spec = apply_overrides(tiny_spec, [
+        f"residual='{residual}'", f"norm='{norm}'", f"readout='{readout}'"])
+    model = build_model(spec.model, VOCAB)
+    tokens = torch.randint(0, VOCAB, (2, 16))
+    logits = model(tokens)
+    assert logits.shape == (2, 16, VOCAB)
+    torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), tokens.flatten()).backward()
+    without_grad = [name for name, p in model.named_parameters()
+                    if p.grad is None or p.grad.abs().sum() == 0]
+    assert without_grad == []
+
+
+@pytest.mark.parametrize("arch", ["snn", "ann"])
+def test_decoder_is_causal(tiny_spec, arch):
+    torch.manual_seed(0)
+    spec = apply_overrides(tiny_spec, [f"arch='{arch}'"])
+    model = build_model(spec.model, VOCAB).eval()
+    tokens = torch.randint(0, VOCAB, (1, 16))
+    changed = tokens.clone()
+    changed[0, 12:] = (changed[0, 12:] + 1) % VOCAB
+    assert torch.equal(model(tokens)[:, :12], model(changed)[:, :12])
+
+
+def test_ann_baseline_matches_sizes(tiny_spec):
+    ann = build_model(apply_overrides(tiny_spec, ["arch='ann'"]).model, VOCAB)
+    logits = ann(torch.randint(0, VOCAB, (3, 16)))
+    assert logits.shape == (3, 16, VOCAB)
+    assert len(ann.blocks) == tiny_spec.model.n_layers
+    assert ann.blocks[0].mlp[0].out_features == tiny_spec.model.d_mlp
