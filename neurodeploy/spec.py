@@ -58,17 +58,13 @@ class ModelSpec:
     norm: str = "batch"
     readout: str = "stream"
     attention_shift: int = 3
+    attention_position_shift: bool = False
     threshold: float = 1.0
     current_decay: float = 1.0
     voltage_decay: float = 0.25
     tau_grad: float = 0.01
     scale_grad: float = 10.0
     dropout: float = 0.0
-
-    @property
-    def attention_scale(self) -> float:
-        """Factor applied to A V: a power of two, so a right shift on Loihi."""
-        return 2.0 ** -self.attention_shift
 
     @property
     def d_head(self) -> int:
@@ -148,6 +144,10 @@ def _coerce(value: Any, spec_field: dataclasses.Field, source: str) -> Any:
     """Convert a TOML or command-line value to the field's declared type."""
     kind = spec_field.type
     try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            raise ValueError(value)
         if kind == "int":
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
@@ -158,7 +158,7 @@ def _coerce(value: Any, spec_field: dataclasses.Field, source: str) -> Any:
     except (TypeError, ValueError) as error:
         raise NeurodeployError(
             f"{source}: invalid value {value!r} for {spec_field.name}; "
-            f"expected {kind}"
+            f"expected {kind}" + (" (true or false)" if kind == "bool" else "")
         ) from error
 
 
@@ -246,11 +246,18 @@ def _validate_neuron(model: ModelSpec) -> None:
             )
     if model.tau_grad <= 0 or model.scale_grad <= 0:
         raise NeurodeployError("tau_grad and scale_grad must be positive")
-    if not 0 <= model.attention_shift <= 16:
+    # A V enters the attention LIF as (A V) << (12 - shift) in SLAYER's
+    # 12-bit state units, exact only for total shifts up to 12.
+    longest = model.attention_shift + (
+        math.floor(math.log2(model.context)) if model.attention_position_shift
+        else 0)
+    if model.attention_shift < 0 or longest > 12:
         raise NeurodeployError(
-            f"invalid attention_shift={model.attention_shift}; the scale "
-            "2**-shift needs a shift between 0 and 16"
+            f"invalid attention_shift={model.attention_shift}: the shift of "
+            f"A V reaches {longest} at the last position, and must stay "
+            "between 0 and 12; lower attention_shift"
         )
+
     if not 0.0 <= model.dropout < 1.0:
         raise NeurodeployError(
             f"invalid dropout={model.dropout}; use a fraction in [0, 1)"

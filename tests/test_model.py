@@ -70,18 +70,24 @@ def test_learned_encoder_gets_surrogate_gradient(tiny_spec):
     assert encoder.position_table.grad.abs().sum() > 0
 
 
-def test_attention_shape_and_binary_operands(tiny_spec):
-    attention = SpikingSelfAttention(tiny_spec.model)
+def test_attention_shape_and_gradient(tiny_spec):
+    torch.manual_seed(0)
+    spec = apply_overrides(tiny_spec, ["attention_shift=0"])
+    attention = SpikingSelfAttention(spec.model)
     x = spikes(2 * 16, 32, 4).requires_grad_()
     y = attention(x, batch=2)
     assert y.shape == (32, 32, 4)
-    y.square().sum().backward()
+    (y * torch.randn_like(y)).sum().backward()
     assert attention.qkv.weight.grad.abs().sum() > 0
 
 
-def test_attention_is_causal(tiny_spec):
+@pytest.mark.parametrize("position_shift", ["false", "true"])
+def test_attention_is_causal(tiny_spec, position_shift):
     torch.manual_seed(0)
-    attention = SpikingSelfAttention(tiny_spec.model).eval()
+    spec = apply_overrides(tiny_spec, [
+        "attention_shift=0", "threshold=0.25",
+        f"attention_position_shift={position_shift}"])
+    attention = SpikingSelfAttention(spec.model).eval()
     x = spikes(16, 32, 4, seed=1)
     changed = x.clone()
     changed[10:] = spikes(6, 32, 4, seed=2)  # rewrite future positions
@@ -91,12 +97,29 @@ def test_attention_is_causal(tiny_spec):
     assert not torch.equal(before[10:], after[10:])
 
 
+def test_attention_shifts_by_position():
+    from neurodeploy.model.snn import attention_shifts
+    assert attention_shifts(9, 2, False).tolist() == [2] * 9
+    assert attention_shifts(9, 2, True).tolist() == [2, 3, 3, 4, 4, 4, 4, 5, 5]
+
+
+def test_attention_counts_coincidences(tiny_spec):
+    from neurodeploy.model.snn import attend
+    # One head, two positions, two channels, one time step.
+    q = torch.tensor([[[1.0], [1.0]], [[1.0], [0.0]]])
+    k = torch.tensor([[[1.0], [0.0]], [[1.0], [1.0]]])
+    v = torch.tensor([[[1.0], [0.0]], [[1.0], [1.0]]])
+    y = attend(q, k, v, batch=1, n_heads=1, shift=0, position_shift=False)
+    # A = [[1, 0], [1, 1]] after the causal mask; Y = A V.
+    assert y[:, :, 0].tolist() == [[1.0, 0.0], [2.0, 1.0]]
+
+
 def test_mlp_shape_and_gradient(tiny_spec):
     mlp = SpikingMLP(tiny_spec.model)
     x = spikes(8, 32, 4).requires_grad_()
     y = mlp(x, batch=1)
     assert y.shape == (8, 32, 4)
-    y.square().sum().backward()
+    (y * torch.randn_like(y)).sum().backward()
     assert mlp.up.weight.grad.abs().sum() > 0
     assert mlp.down.weight.grad.abs().sum() > 0
 
@@ -110,7 +133,8 @@ VARIANTS = list(itertools.product(
 def test_decoder_variants_train(tiny_spec, residual, norm, readout):
     torch.manual_seed(0)
     spec = apply_overrides(tiny_spec, [
-        f"residual='{residual}'", f"norm='{norm}'", f"readout='{readout}'"])
+        f"residual='{residual}'", f"norm='{norm}'", f"readout='{readout}'",
+        "attention_shift=0", "threshold=0.25"])
     model = build_model(spec.model, VOCAB)
     tokens = torch.randint(0, VOCAB, (2, 16))
     logits = model(tokens)

@@ -34,7 +34,8 @@ class SpikingSelfAttention(nn.Module):
     """Softmax-free causal self-attention on spikes.
 
     Q, K, V = LIF(norm(Linear(s))); per time step and head A = Q K^T with
-    future positions zeroed, Y = (A V) * 2**-attention_shift, then an
+    future positions zeroed, Y = (A V) * 2**-shift (see ``attention_shifts``),
+    then an
     attention LIF and the output projection (Linear + norm, a current).
     All operands of both products are spikes, so each product is a sum of
     accumulates. Shape: (B*P, C, T) -> (B*P, C, T).
@@ -51,17 +52,37 @@ class SpikingSelfAttention(nn.Module):
         self.attention_lif = CubaLIF(params)
         self.out = SpikeLinear(c, c, model.norm)
         self.n_heads = model.n_heads
-        self.scale = model.attention_scale
+        self.shift = model.attention_shift
+        self.position_shift = model.attention_position_shift
 
     def forward(self, s: torch.Tensor, batch: int) -> torch.Tensor:
         q, k, v = self.qkv_lif(self.qkv(s)).chunk(3, dim=1)
         y = self.attention_lif(attend(q, k, v, batch, self.n_heads,
-                                      self.scale))
+                                      self.shift, self.position_shift))
         return self.out(y)
 
 
-def attend(q, k, v, batch: int, n_heads: int, scale: float) -> torch.Tensor:
-    """Causal spike attention without softmax: (B*P, C, T) operands."""
+def attention_shifts(n_positions: int, shift: int, by_position: bool,
+                     device=None) -> torch.Tensor:
+    """Right shift applied to A V at each query position: (P,) integers.
+
+    With ``by_position``, position i (which sums over i + 1 keys) is shifted
+    by a further floor(log2(i + 1)), a power-of-two approximation of the
+    mean over the keys it attends to.
+    """
+    shifts = torch.full((n_positions,), shift, device=device)
+    if by_position:
+        positions = torch.arange(1, n_positions + 1, device=device)
+        shifts = shifts + torch.floor(torch.log2(positions.double())).long()
+    return shifts
+
+
+def attend(q, k, v, batch: int, n_heads: int, shift: int,
+           position_shift: bool) -> torch.Tensor:
+    """Causal spike attention without softmax: (B*P, C, T) operands.
+
+    Returns (A V) * 2**-shift per query position, (B*P, C, T).
+    """
     n, c, t = q.shape
     p = n // batch
     d_head = c // n_heads
@@ -73,7 +94,9 @@ def attend(q, k, v, batch: int, n_heads: int, scale: float) -> torch.Tensor:
     scores = heads(q) @ heads(k).transpose(-1, -2)  # (B, T, H, P, P)
     causal = torch.ones(p, p, dtype=torch.bool, device=q.device).tril()
     scores = scores.masked_fill(~causal, 0.0)
-    y = (scores @ heads(v)) * scale  # (B, T, H, P, D)
+    scale = torch.exp2(-attention_shifts(p, shift, position_shift,
+                                         q.device).float())
+    y = (scores @ heads(v)) * scale[:, None]  # (B, T, H, P, D)
     rows = y.permute(0, 3, 1, 2, 4).reshape(n, t, c)  # (B*P, T, C)
     return rows.transpose(1, 2)  # (B*P, C, T)
 

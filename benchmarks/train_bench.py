@@ -1,0 +1,127 @@
+"""Measure training throughput and quality of the spiking decoder and its
+ANN baseline side by side, and print the tables for docs/benchmarks.md.
+
+    python benchmarks/train_bench.py                 # throughput, ~2 minutes
+    python benchmarks/train_bench.py --quality       # + full demo trainings
+
+Throughput alternates SNN and ANN steps in one process (A B A B ...), so
+both see the same machine state; the ratio is what to quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def step_seconds(model, optimizer, x, y) -> float:
+    began = time.perf_counter()
+    logits = model(x)
+    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - began
+
+
+def throughput(spec_name: str, rounds: int) -> dict:
+    """Tokens per second of both architectures, interleaved step by step."""
+    from neurodeploy.model import build_model
+    from neurodeploy.spec import apply_overrides, load_spec
+
+    spec = load_spec(spec_name)
+    batch, context = spec.train.batch_size, spec.model.context
+    x = torch.randint(0, 65, (batch, context))
+    y = torch.randint(0, 65, (batch, context))
+    runs = {}
+    for arch in ("snn", "ann"):
+        torch.manual_seed(0)
+        model = build_model(apply_overrides(spec, [f"arch='{arch}'"]).model,
+                            65)
+        runs[arch] = (model, torch.optim.AdamW(model.parameters()), [])
+        for _ in range(3):  # warm-up, including the kernel compile
+            step_seconds(model, runs[arch][1], x, y)
+
+    ratios = []
+    for _ in range(rounds):
+        for arch, (model, optimizer, times) in runs.items():
+            times.append(step_seconds(model, optimizer, x, y))
+        ratios.append(runs["ann"][2][-1] / runs["snn"][2][-1])
+
+    tokens = batch * context
+    result = {arch: tokens / statistics.median(times)
+              for arch, (_, _, times) in runs.items()}
+    result["ratio_median"] = statistics.median(ratios)
+    return result
+
+
+def neuron_speed(rounds: int) -> dict:
+    """Forward + backward time of SLAYER's CUBA neuron and of ours."""
+    from lava.lib.dl import slayer
+
+    from neurodeploy.model.neuron import CubaParams, cuba_lif
+
+    x = torch.randn(8192, 4, 128).transpose(1, 2).requires_grad_()
+    reference = slayer.neuron.cuba.Neuron(threshold=1.0, current_decay=1.0,
+                                          voltage_decay=0.25)
+    params = CubaParams(1.0, 1.0, 0.25, 0.01, 10.0)
+    linear = torch.nn.Linear(128, 128)
+    candidates = {
+        "slayer": lambda: reference(x),
+        "neurodeploy": lambda: cuba_lif(x, params),
+        "linear_128": lambda: linear(x.transpose(1, 2)),
+    }
+    times = {name: [] for name in candidates}
+    for _ in range(rounds + 1):  # the first round is a warm-up
+        for name, run in candidates.items():
+            began = time.perf_counter()
+            run().sum().backward()
+            times[name].append(time.perf_counter() - began)
+    return {name: 1000 * statistics.median(t[1:]) for name, t in times.items()}
+
+
+def quality(spec_name: str) -> dict:
+    """Train both architectures with the CLI and return their summaries."""
+    results = {}
+    for arch in ("snn", "ann"):
+        command = [sys.executable, "-m", "neurodeploy.cli", "train",
+                   "--model", spec_name, "--arch", arch, "--out",
+                   f"runs/bench-{arch}", "--json", "--no-progress"]
+        began = time.perf_counter()
+        output = subprocess.run(command, check=True, capture_output=True,
+                                text=True).stdout
+        results[arch] = json.loads(output)
+        results[arch]["wall_seconds"] = time.perf_counter() - began
+        results[arch]["command"] = " ".join(["neurodeploy"] + command[3:])
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--quality", action="store_true",
+                        help="also run full trainings of both models")
+    args = parser.parse_args()
+
+    report = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} "
+                   f"threads, torch {torch.__version__}",
+        "throughput": throughput(args.model, args.rounds),
+        "neuron_ms": neuron_speed(args.rounds),
+    }
+    if args.quality:
+        report["quality"] = quality(args.model)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
