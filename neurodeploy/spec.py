@@ -53,6 +53,7 @@ class ModelSpec:
     d_mlp: int = 256
     time_steps: int = 4
     token_encoding: str = "learned"
+    token_shift: int = 0
     position_encoding: str = "learned"
     residual: str = "membrane"
     norm: str = "batch"
@@ -212,6 +213,11 @@ def _validate_sizes(model: ModelSpec) -> None:
         raise NeurodeployError(
             f"d_model={model.d_model} is not divisible by "
             f"n_heads={model.n_heads}; choose sizes with d_model % n_heads == 0"
+        )
+    if not 0 <= model.token_shift < model.context:
+        raise NeurodeployError(
+            f"invalid token_shift={model.token_shift}; it counts previous "
+            f"tokens joined to the code and must lie in [0, context)"
         )
     if model.position_encoding == "none":
         return

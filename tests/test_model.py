@@ -163,3 +163,19 @@ def test_ann_baseline_matches_sizes(tiny_spec):
     assert logits.shape == (3, 16, VOCAB)
     assert len(ann.blocks) == tiny_spec.model.n_layers
     assert ann.blocks[0].mlp[0].out_features == tiny_spec.model.d_mlp
+
+
+def test_token_shift_joins_previous_codes(tiny_spec):
+    spec = apply_overrides(tiny_spec, [
+        "token_shift=2", "token_encoding='one_hot'", "d_model=40",
+        "d_position=4", "position_encoding='binary'"])
+    encoder = SpikeEncoder(VOCAB, spec.model)
+    code = encoder(torch.tensor([[3, 5, 7]]))  # (1, 3, 40)
+    width = encoder.d_token
+    assert width == 12
+    assert code[0, 2, :width].argmax() == 7
+    assert code[0, 2, width:2 * width].argmax() == 5
+    assert code[0, 2, 2 * width:3 * width].argmax() == 3
+    # Before the window starts, the shifted slots stay silent.
+    assert code[0, 0, width:3 * width].sum() == 0
+    assert code[0, 1, 2 * width:3 * width].sum() == 0

@@ -75,6 +75,27 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}")
 
 
+def norm_affine(norm: nn.Module | None,
+                channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (scale, shift) with norm(x) = scale * x + shift at inference.
+
+    Raises NotImplementedError for LayerNorm, whose statistics depend on
+    each sample and so cannot fold into a synapse.
+    """
+    if norm is None:
+        return torch.ones(channels), torch.zeros(channels)
+    if isinstance(norm, nn.BatchNorm1d):
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        return scale, norm.bias - norm.running_mean * scale
+    if isinstance(norm, PowerNorm):
+        scale = norm.weight / torch.sqrt(norm.running_psi + norm.eps)
+        return scale, norm.bias.clone()
+    raise NotImplementedError(
+        f"{type(norm).__name__} cannot be folded into a synapse; train with "
+        "norm=batch or norm=power"
+    )
+
+
 class SpikeLinear(nn.Module):
     """Token-wise Dense synapse with 8-bit quantised weights and a norm.
 
@@ -90,14 +111,38 @@ class SpikeLinear(nn.Module):
         bound = 1.0 / math.sqrt(in_channels)
         self.weight = nn.Parameter(weight.uniform_(-bound, bound))
         self.norm = make_norm(norm, out_channels) if norm else None
+        self.deployed: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, t = x.shape
         rows = x.transpose(1, 2).reshape(n * t, -1)  # (N*T, C_in)
-        out = F.linear(rows, quantize_weight(self.weight))  # (N*T, C_out)
-        if self.norm is not None:
-            out = self.norm(out)
+        if self.deployed is not None:
+            weight, bias = self.deployed
+            out = torch.addmm(bias / WEIGHT_SCALE, rows, weight.t() / WEIGHT_SCALE)
+        else:
+            out = F.linear(rows, quantize_weight(self.weight))  # (N*T, C_out)
+            if self.norm is not None:
+                out = self.norm(out)
         return out.view(n, t, -1).transpose(1, 2)  # (N, C_out, T)
+
+    @torch.no_grad()
+    def fold(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fold the norm into integer weight and bias mantissas.
+
+        Returns ``weight`` (C_out, C_in) with even values in [-256, 254] and
+        ``bias`` (C_out,) in [-4096, 4095], both in units of 1/64 as
+        SLAYER's ``quantize_8bit(descale=True)`` writes weights. Values
+        outside those ranges are clamped.
+        """
+        scale, shift = norm_affine(self.norm, self.weight.shape[0])
+        folded = scale[:, None] * quantize_weight(self.weight)
+        weight = 2 * torch.round(folded * WEIGHT_SCALE / 2).clamp(-128, 127)
+        bias = torch.round(shift * WEIGHT_SCALE).clamp(-4096, 4095)
+        return weight, bias
+
+    def deploy(self, enabled: bool = True) -> None:
+        """Compute with the folded integer weights (the exported network)."""
+        self.deployed = self.fold() if enabled else None
 
 
 class Heaviside(torch.autograd.Function):
@@ -122,11 +167,13 @@ def _bits(values: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class SpikeEncoder(nn.Module):
-    """Text-to-spike encoder: a binary token code joined with a position code.
+    """Text-to-spike encoder: binary token codes joined with a position code.
 
-    Shape: tokens (B, P) -> spikes (B, P, C), where C = d_model; the token
-    code fills the first d_model - d_position channels. The caller repeats
-    the code for T steps (direct encoding).
+    Shape: tokens (B, P) -> spikes (B, P, C), where C = d_model. Channels
+    hold, in order, the code of token i, the codes of tokens i-1 ..
+    i-token_shift (a token shift as in SpikeGPT, Zhu et al. 2023), zero
+    padding and the position code. The caller repeats the code for T steps
+    (direct encoding).
     """
 
     def __init__(self, vocab_size: int, model):
@@ -135,7 +182,12 @@ class SpikeEncoder(nn.Module):
         self.position_encoding = model.position_encoding
         d_position = 0 if model.position_encoding == "none" \
             else model.d_position
-        self.d_token = model.d_model - d_position
+        # The current token and the token_shift previous ones each get an
+        # equal share of the token channels.
+        self.token_shift = model.token_shift
+        self.d_token = (model.d_model - d_position) // (1 + model.token_shift)
+        self.d_padding = model.d_model - d_position \
+            - self.d_token * (1 + model.token_shift)
         self.d_position = d_position
         self.vocab_size = vocab_size
         self.context = model.context
@@ -145,9 +197,10 @@ class SpikeEncoder(nn.Module):
         minimum = needed.get(self.token_encoding, 1)
         if self.d_token < minimum:
             raise ValueError(
-                f"token_encoding={self.token_encoding} needs "
-                f"d_model - d_position >= {minimum} for a vocabulary of "
-                f"{vocab_size}; raise d_model to {minimum + d_position}"
+                f"token_encoding={self.token_encoding} needs {minimum} "
+                f"channels per token for a vocabulary of {vocab_size}, but "
+                f"d_model={model.d_model} leaves {self.d_token}; raise "
+                f"d_model to {minimum * (1 + model.token_shift) + d_position}"
             )
         if self.token_encoding == "learned":
             self.token_table = nn.Parameter(torch.randn(vocab_size,
@@ -181,12 +234,17 @@ class SpikeEncoder(nn.Module):
         return F.pad(code, (0, self.d_position - code.shape[-1]))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        code = self.token_code(tokens)  # (B, P, d_token)
-        if self.d_position == 0:
-            return code
         b, p = tokens.shape
-        position = self.position_code(p, tokens.device)  # (P, d_position)
-        return torch.cat([code, position.expand(b, p, -1)], dim=-1)
+        code = self.token_code(tokens)  # (B, P, d_token)
+        parts = [code]
+        for shift in range(1, self.token_shift + 1):
+            # Token i - shift; positions before the window are silent.
+            parts.append(F.pad(code, (0, 0, shift, 0))[:, :p])
+        parts.append(code.new_zeros(b, p, self.d_padding))
+        if self.d_position:
+            position = self.position_code(p, tokens.device)  # (P, d_pos)
+            parts.append(position.expand(b, p, -1))
+        return torch.cat(parts, dim=-1)  # (B, P, d_model)
 
 
 def _sinusoid_code(positions: torch.Tensor, width: int) -> torch.Tensor:
