@@ -104,6 +104,49 @@ def train(model_name, arch, corpus, steps, out_dir, resume, seed, device,
     ])
 
 
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("-o", "--output", "out_path", required=True,
+              type=click.Path(dir_okay=False),
+              help="HDF5 file to write (NetX schema with the neurodeploy "
+              "extension).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON report on stdout.")
+def export(checkpoint, out_path, as_json):
+    """Export a trained spiking decoder to NetX HDF5."""
+    from .export import export_checkpoint
+
+    try:
+        report = export_checkpoint(checkpoint, out_path)
+    except NeurodeployError as error:
+        _fail(error, as_json)
+
+    lines = [f"wrote {report['file']}: {report['layers']} layers, "
+             f"{report['neurons']} neurons",
+             "folding error per synapse (max |w - w_int/64|, relative RMS, "
+             "clamped):"]
+    for name, error in report["synapses"].items():
+        lines.append(f"  {name:<24} {error['max_abs']:.4f}  "
+                     f"{error['rms_relative']:.3f}  {error['clamped']}")
+    _report(report, as_json, lines)
+
+
+@main.command()
+@click.argument("file", type=click.Path())
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON description on stdout.")
+def inspect(file, as_json):
+    """Show the layers of a NetX HDF5 file (ours or lava-dl's)."""
+    from .inspect_net import describe, format_table
+    from .netx_read import load_network
+
+    try:
+        summary = describe(load_network(file))
+    except NeurodeployError as error:
+        _fail(error, as_json)
+    _report(summary, as_json, format_table(summary))
+
+
 def _choose_device(device: str | None) -> str:
     import torch
 

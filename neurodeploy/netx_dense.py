@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 
 from .errors import NeurodeployError
+from .lava_compat import prepare_lava_import
 
 WEIGHT_MIN = -256  # SLAYER's quantize_8bit(w, descale=True) range
 WEIGHT_MAX = 254
@@ -170,6 +171,7 @@ def run_netx_dense(path: str | PathLike, spikes: np.ndarray,
     """
     # Importing lava.lib.dl.netx takes seconds, so only callers that use
     # Lava pay for it.
+    prepare_lava_import()
     from lava.lib.dl.netx.hdf5 import Network
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
@@ -234,6 +236,7 @@ def _check_lava_weight(weight: np.ndarray) -> None:
     shifts each sum right by s. The result is exact when the clipped and
     truncated weights still equal ``weight << s``.
     """
+    prepare_lava_import()
     from lava.lib.dl.netx.utils import optimize_weight_bits
     from lava.utils.weightutils import (clip_weights, determine_sign_mode,
                                         truncate_weights)
