@@ -14,6 +14,8 @@ PYTHON310 ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python
 
 demo: $(STAMP)
 	$(VENV)/bin/neurodeploy train --model demo --out runs/demo
+	$(VENV)/bin/neurodeploy export runs/demo/checkpoint.pt -o runs/demo/model.net
+	$(VENV)/bin/neurodeploy inspect runs/demo/model.net
 
 test: $(STAMP)
 	$(PY) -m pytest -q
