@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from .errors import NeurodeployError
-from .model.snn import SpikingDecoder
-from .model.layers import SpikeLinear, norm_affine
+from .model.layers import SpikeLinear, norm_affine, quantize_weight
+from .model.snn import SpikingDecoder, neuron_params
 
 IDENTITY = "identity"
 
@@ -65,10 +65,6 @@ class Graph:
     synapses: dict[str, Synapse]
     readout: dict
 
-    def index(self, name: str) -> int:
-        return next(i for i, layer in enumerate(self.layers)
-                    if layer.name == name)
-
 
 def neuron_dict(params) -> dict:
     """Loihi CUBA parameters in lava-dl's HDF5 keys."""
@@ -83,7 +79,6 @@ def fold_synapse(linear: SpikeLinear) -> Synapse:
     weight, bias = linear.fold()
     with torch.no_grad():
         scale, shift = norm_affine(linear.norm, linear.weight.shape[0])
-        from .model.layers import quantize_weight
         exact = scale[:, None] * quantize_weight(linear.weight)
         error = (exact - weight / 64).abs()
         clamped = int(((exact * 64).abs() > 256).sum()
@@ -105,8 +100,7 @@ def build_graph(model: SpikingDecoder) -> Graph:
         raise NeurodeployError(
             "this model cannot run on Lava: " + "; ".join(parts))
 
-    builder = _Builder(model)
-    return builder.build()
+    return _Builder(model).build()
 
 
 class _Builder:
@@ -115,7 +109,6 @@ class _Builder:
         self.spec = model.spec
         self.layers: list[Layer] = []
         self.synapses: dict[str, Synapse] = {}
-        from .model.snn import neuron_params
         self.neuron = neuron_dict(neuron_params(self.spec))
 
     def add(self, layer: Layer) -> int:

@@ -19,8 +19,8 @@ from .errors import NeurodeployError
 from .netx_write import FORMAT, FORMAT_VERSION
 from .spec import Spec
 
-# Layer types lava-dl 0.6.0's NetX loader knows (netx/hdf5.py); the last
-# five raise NotImplementedError there.
+# Layer types that lava-dl 0.6.0's NetX loader (netx/hdf5.py) recognises.
+# It raises NotImplementedError for pool, convT, unpool, average and concat.
 NETX_TYPES = {"input", "dense", "dense_rec", "dense_comp", "conv", "flatten",
               "pool", "convT", "unpool", "average", "concat"}
 EXTENSION_TYPES = {"encoder", "fanin", "attention"}

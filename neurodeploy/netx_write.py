@@ -27,8 +27,8 @@ def write_network(path: str | Path, graph: Graph, encoder: dict,
 
     ``encoder`` holds ``token_code`` (V, d_token) and ``position_code``
     (context, d_position) as 0/1 arrays plus ``token_shift`` and
-    ``padding``; ``meta`` holds ``spec`` and ``tokenizer`` dictionaries and
-    ``time_steps``.
+    ``padding``. ``meta`` contains the ``spec`` and ``tokenizer``
+    dictionaries and ``time_steps``.
     """
     def write(handle):
         with h5py.File(handle, "w") as file:

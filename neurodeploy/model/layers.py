@@ -100,8 +100,8 @@ class SpikeLinear(nn.Module):
     """Token-wise Dense synapse with 8-bit quantised weights and a norm.
 
     Shape: (N, C_in, T) -> (N, C_out, T). The norm (BatchNorm or PowerNorm)
-    folds into the weight and a bias at export; it sees every time step of
-    every token as one sample.
+    folds into the weight and a bias at export. It treats every time step
+    of every token as one sample.
     """
 
     def __init__(self, in_channels: int, out_channels: int, norm: str | None):

@@ -15,9 +15,9 @@ is ``scale_rho / (2 tau_rho) * exp(-|v - threshold| / tau_rho)`` with
 ``tau_rho = 100 tau_grad threshold`` and ``scale_rho = 0.1 scale_grad``,
 and the leaky integrators are back-propagated without the reset term.
 
-SLAYER steps through time with one Python loop of tensor operations per
-step; on a CPU each of its ~20 passes over the state costs as much as a
-small Linear layer. Here the whole neuron is one compiled (numba) pass over
+SLAYER steps through time with a Python loop of tensor operations, each a
+full pass over the state, so on a CPU its neuron costs more than a Linear
+layer of the same size (docs/benchmarks.md). Here the whole neuron is one compiled (numba) pass over
 memory on the CPU, and the same arithmetic in tensor operations elsewhere.
 Both give SLAYER's spikes bit for bit (``tests/test_neuron.py`` checks).
 """
