@@ -160,5 +160,145 @@ def _choose_device(device: str | None) -> str:
     return device
 
 
+def _load_decoder(file: str):
+    """Load and validate a decoder file; raise NeurodeployError if unusable."""
+    from .netx_read import load_network
+
+    network = load_network(file)
+    if network.kind != "decoder":
+        raise NeurodeployError(
+            f"{file}: a plain NetX file, not a neurodeploy decoder; run "
+            "and verify need a file written by neurodeploy export")
+    return network
+
+
+def _check_token_count(tokens: int) -> None:
+    if tokens <= 0:
+        raise NeurodeployError(
+            f"invalid --tokens {tokens}; give a positive number of tokens "
+            "to generate")
+
+
+@main.command()
+@click.argument("file", type=click.Path())
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--tokens", "count", required=True, type=int,
+              help="Number of tokens to generate.")
+@click.option("--target", "target_name", default="loihi2-sim",
+              show_default=True,
+              help="Lava target: cpu, loihi2-sim or loihi2 (targets/*.toml).")
+@click.option("--temperature", default=0.0, show_default=True, type=float,
+              help="Sampling temperature; 0 picks the most likely token.")
+@click.option("--top-k", default=0, show_default=True, type=int,
+              help="Sample only among the K most likely tokens; 0 is off.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the sampler's random generator.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON summary on stdout instead of the text.")
+def run(file, prompt, count, target_name, temperature, top_k, seed,
+        as_json):
+    """Generate text with a decoder file on Lava.
+
+    Streams the generated text to stdout as it is produced. A prompt longer
+    than the model's context keeps only its last CONTEXT tokens and logs
+    how many it dropped.
+    """
+    from .reference import Reference
+    from .runtime.builder import LavaDecoder
+    from .runtime.generate import (Sampler, generate, lava_backend,
+                                   prompt_tokens, readout_sources)
+    from .runtime.targets import load_target
+
+    try:
+        _check_token_count(count)
+        target = load_target(target_name)
+        network = _load_decoder(file)
+        tokens = prompt_tokens(network, prompt)
+        sampler = Sampler(temperature, top_k, seed)
+        target.check_available()
+    except NeurodeployError as error:
+        _fail(error, as_json)
+
+    def stream(token: int) -> None:
+        if not as_json:
+            click.echo(network.tokenizer.decode([token]), nl=False)
+
+    reference = Reference(network)
+    try:
+        decoder = LavaDecoder(network, target, readout_sources(network))
+    except NeurodeployError as error:
+        _fail(error, as_json)
+    try:
+        result = generate(lava_backend(decoder), reference, tokens, count,
+                          sampler, on_token=stream)
+        steps_per_token = decoder.steps_per_token
+    finally:
+        decoder.close()
+
+    summary = {"file": file, "target": target_name,
+               "prompt_tokens": len(tokens),
+               "text": network.tokenizer.decode(result.tokens),
+               "tokens": result.tokens,
+               "tokens_per_second": result.tokens_per_second,
+               "steps_per_token": steps_per_token,
+               "seconds": result.seconds}
+    if as_json:
+        _report(summary, True, [])
+    else:
+        click.echo()
+        click.echo(f"{len(result.steps)} tokens in {result.seconds:.1f} s "
+                   f"({result.tokens_per_second:.2f} tokens/s, "
+                   f"{steps_per_token} Lava steps per token)", err=True)
+
+
+@main.command()
+@click.argument("file", type=click.Path())
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--tokens", "count", required=True, type=int,
+              help="Number of tokens to generate greedily.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON report on stdout.")
+def verify(file, prompt, count, as_json):
+    """Check that Lava (loihi2-sim) reproduces the Reference bit for bit.
+
+    Generates greedily on both, compares the spikes of every layer at every
+    time step of every token, and the generated tokens. Exits 1 on any
+    mismatch. A prompt longer than the model's context keeps only its last
+    CONTEXT tokens and logs how many it dropped.
+    """
+    from .runtime.generate import prompt_tokens
+    from .runtime.verify import verify as run_verify
+
+    try:
+        _check_token_count(count)
+        network = _load_decoder(file)
+        tokens = prompt_tokens(network, prompt)
+        report = run_verify(network, tokens, count)
+    except NeurodeployError as error:
+        _fail(error, as_json)
+
+    lines = [f"{'layer':<6}{'name':<26}{'kind':<10}{'agreement':>10}"
+             f"{'spikes compared':>17}"]
+    for row in report["layers"]:
+        lines.append(f"{row['index']:<6}{row['name']:<26}{row['kind']:<10}"
+                     f"{row['agreement']:>9.2f}%{row['compared']:>17}")
+    divergence = report["first_divergence"]
+    if divergence is None:
+        lines.append("first divergence: none")
+    else:
+        lines.append(f"first divergence: token {divergence['token']}, "
+                     f"layer {divergence['layer']} ({divergence['name']}), "
+                     f"time step {divergence['time_step']}, channel "
+                     f"{divergence['channel']}")
+    lines.append(f"tokens: Lava {report['lava_text']!r}, Reference "
+                 f"{report['reference_text']!r}"
+                 + ("" if report["tokens_match"] else "  MISMATCH"))
+    lines.append("PASSED" if report["passed"] else "FAILED")
+    _report(report, as_json, lines)
+    if not report["passed"]:
+        sys.exit(1)
+
+
+
 if __name__ == "__main__":
     main()

@@ -5,11 +5,12 @@ layer, a synapse (a folded integer weight matrix with bias, or the
 identity) and a delay in time steps. This is what the exporter writes and
 what the loader, the PyTorch reference and the Lava runtime read back.
 
-Delays: each synaptic hop and the attention operation take one time step,
-as Lava's Dense does. A layer's depth is the longest hop count from the
-encoder; a connection from depth d_s into depth d_t waits
-d_t - d_s - 1 extra steps, so the contributions of one model time step
-arrive together.
+Delays: a synaptic connection takes one time step, as Lava's Dense does;
+the attention operation reads the spikes of its qkv layer in the same
+step. A layer's depth is the step at which its window of T steps starts,
+counted from the encoder; a connection with latency l from depth d_s into
+depth d_t waits d_t - d_s - l extra steps, so the contributions of one
+model time step arrive together.
 """
 
 from __future__ import annotations
@@ -112,11 +113,12 @@ class _Builder:
         self.neuron = neuron_dict(neuron_params(self.spec))
 
     def add(self, layer: Layer) -> int:
-        depths = [self.layers[c.source].depth for c in layer.inputs]
-        layer.depth = max(depths) + 1 if depths else 0
-        for connection in layer.inputs:
-            connection.delay = layer.depth \
-                - self.layers[connection.source].depth - 1
+        latency = 0 if layer.kind == "attention" else 1
+        arrivals = [self.layers[c.source].depth + latency
+                    for c in layer.inputs]
+        layer.depth = max(arrivals) if arrivals else 0
+        for connection, arrival in zip(layer.inputs, arrivals):
+            connection.delay = layer.depth - arrival
         self.layers.append(layer)
         return len(self.layers) - 1
 

@@ -122,8 +122,9 @@ def test_loaded_file_contents(exported):
     assert [layer.kind for layer in network.layers] == [
         "encoder", "fanin", "dense", "attention", "fanin", "dense"]
     mlp_entry = network.layers[4]
-    # Encoder spikes wait 3 steps to meet the attention output's current.
-    assert mlp_entry.inputs == [(0, "identity", 3),
+    # Encoder spikes wait 2 steps to meet the attention output's current:
+    # entry, qkv and the out synapse take a step each, attention none.
+    assert mlp_entry.inputs == [(0, "identity", 2),
                                 (3, "block0.attn.out", 0)]
 
 

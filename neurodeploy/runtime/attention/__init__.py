@@ -1,0 +1,1 @@
+"""The spike-attention Lava Process and its ProcessModels."""
