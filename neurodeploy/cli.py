@@ -44,7 +44,7 @@ def _fail(error: Exception, as_json: bool) -> None:
 @click.version_option(package_name="neurodeploy")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def main(verbose: bool) -> None:
-    """Train, export, run and profile spiking GPT decoders on Lava."""
+    """Train, export, inspect, run and verify spiking GPT decoders on Lava."""
     _setup_logging(verbose)
 
 
