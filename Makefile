@@ -13,9 +13,7 @@ PYTHON310 ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python
 .PHONY: demo test clean
 
 demo: $(STAMP)
-	$(VENV)/bin/neurodeploy train --model demo --out runs/demo
-	$(VENV)/bin/neurodeploy export runs/demo/checkpoint.pt -o runs/demo/model.net
-	$(VENV)/bin/neurodeploy inspect runs/demo/model.net
+	$(VENV)/bin/neurodeploy pipeline --model demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -300,5 +300,181 @@ def verify(file, prompt, count, as_json):
 
 
 
+@main.command()
+@click.argument("file", type=click.Path())
+@click.option("--prompt", help="Text to continue (decoder files).")
+@click.option("--tokens", "count", type=int,
+              help="Number of tokens to generate (decoder files).")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False),
+              help="Input spikes for a plain NetX chain: a .npy array of 0 "
+              "and 1, shape (neurons, time steps).")
+@click.option("--target", "target_name", default="loihi2-sim",
+              show_default=True,
+              help="Lava target that generates the spikes: cpu, loihi2-sim "
+              "or loihi2.")
+@click.option("--energy-model", "energy_models", multiple=True,
+              metavar="NAME|PATH",
+              help="Energy model: a bundled name (targets/energy-NAME.toml) "
+              "or a .toml path; repeatable [default: every bundled model].")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
+              help="Write every counter per token, layer and time step to "
+              "this CSV file.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
+              help="Write PNG plots to this folder.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON report on stdout.")
+def profile(file, prompt, count, input_path, target_name, energy_models,
+            csv_path, plots_dir, as_json):
+    """Count spikes, synaptic operations and energy per layer and token.
+
+    For a decoder file, generates greedily on Lava while recording every
+    layer, counts the same run on the PyTorch Reference, and compares the
+    energy per token with the same-size ANN's. Exits 1 when a bit-accurate
+    target's counts differ from the Reference's. For a plain NetX chain,
+    counts one sample of --input spikes with SLAYER's fixed-point
+    arithmetic, with no Lava run and no ANN comparison.
+    """
+    from .energy import energy_model_names, load_energy_model
+    from .netx_read import load_network
+    from .profile import profile_chain
+    from .profile_report import (build_report, format_table,
+                                 profile_decoder, write_csv, write_plots)
+
+    try:
+        names = list(energy_models) or energy_model_names()
+        models = [load_energy_model(name) for name in names]
+        network = load_network(file)
+        if network.kind == "decoder":
+            report, run_profile, failed = _profile_decoder_file(
+                network, file, prompt, count, input_path, target_name,
+                models, profile_decoder)
+        else:
+            run_profile = profile_chain(network,
+                                        _load_input_spikes(input_path))
+            report = build_report(run_profile, models)
+            report.update({"file": file, "kind": "netx",
+                           "input": input_path})
+            failed = False
+        if csv_path:
+            write_csv(run_profile, csv_path)
+            report["csv"] = csv_path
+        if plots_dir:
+            report["plots"] = write_plots(report, plots_dir)
+    except NeurodeployError as error:
+        _fail(error, as_json)
+
+    _report(report, as_json, format_table(report))
+    if failed:
+        click.echo("Lava's counts differ from the Reference's: "
+                   f"{report['count_differences'][:5]}", err=True)
+        sys.exit(1)
+
+
+def _profile_decoder_file(network, file, prompt, count, input_path,
+                          target_name, models, profile_decoder):
+    """Profile a decoder file; return (report, Lava profile, failed)."""
+    from .profile_report import build_report
+    from .runtime.generate import Sampler, prompt_tokens
+    from .runtime.targets import load_target
+
+    if input_path:
+        raise NeurodeployError(
+            f"{file}: --input is for plain NetX chains; a decoder file "
+            "takes --prompt and --tokens")
+    if prompt is None or count is None:
+        raise NeurodeployError(
+            f"{file}: a decoder file needs --prompt TEXT and --tokens N")
+    _check_token_count(count)
+    target = load_target(target_name)
+    target.check_available()
+    tokens = prompt_tokens(network, prompt)
+    run = profile_decoder(network, tokens, count, target, Sampler())
+    report = build_report(run["lava"], models, network)
+    match = not run["differences"]
+    report = {"file": file, "kind": "decoder", "target": target_name,
+              "prompt_tokens": len(tokens), "generated_tokens": count,
+              "text": network.tokenizer.decode(run["generation"].tokens),
+              "steps_per_token": run["steps_per_token"],
+              "counts_match_reference": match,
+              "count_differences": run["differences"], **report}
+    return report, run["lava"], target.bit_accurate and not match
+
+
+def _load_input_spikes(path):
+    import numpy as np
+
+    if path is None:
+        raise NeurodeployError(
+            "a plain NetX chain needs --input SPIKES.npy, an array of 0 and "
+            "1 with shape (neurons, time steps)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise NeurodeployError(
+            f"{path}: not a readable .npy array: {error}") from None
+
+
+@main.command()
+@click.option("--model", "model_name", default="demo", show_default=True,
+              help="Named spec from the models/ catalogue, or a .toml path.")
+@click.option("--corpus", type=click.Path(dir_okay=False),
+              help="UTF-8 text file to train on [default: bundled "
+              "tiny-Shakespeare].")
+@click.option("--out", "out_dir", default="runs/demo", show_default=True,
+              type=click.Path(file_okay=False),
+              help="Output folder for every artefact.")
+@click.option("--steps", type=int, help="Number of optimiser steps "
+              "(overrides the spec).")
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+              help="Override a spec field, e.g. --set d_model=64; repeatable.")
+@click.option("--prompt", default="ROMEO:", show_default=True,
+              help="Prompt for verify, generate and profile.")
+@click.option("--tokens", "count", default=32, show_default=True, type=int,
+              help="Tokens to generate in verify and in generate.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]),
+              default=None, help="Training device [default: cuda when "
+              "present, else cpu].")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON summary on stdout.")
+def pipeline(model_name, corpus, out_dir, steps, overrides, prompt, count,
+             device, as_json):
+    """Train, export, verify, generate and profile in one run.
+
+    Logs one line per stage on stderr and writes every artefact to OUT.
+    Exits 1 when Lava (loihi2-sim) and the Reference disagree.
+    """
+    from . import spec as specs
+    from .pipeline import STAGES, run_pipeline
+
+    def stage(name: str, message: str) -> None:
+        number = STAGES.index(name) + 1
+        click.echo(f"[{number}/{len(STAGES)}] {name}: {message}", err=True)
+
+    try:
+        spec = specs.load_spec(model_name)
+        assignments = list(overrides)
+        if steps is not None:
+            assignments.append(f"steps={json.dumps(steps)}")
+        spec = specs.apply_overrides(spec, assignments)
+        summary = run_pipeline(spec, corpus, out_dir, prompt, count,
+                               device=_choose_device(device), stage=stage)
+    except NeurodeployError as error:
+        _fail(error, as_json)
+
+    lines = [f"artefacts in {summary['out']}",
+             f"verify: {'PASSED' if summary['verify_passed'] else 'FAILED'} "
+             f"({summary['agreement']:.2f} % spike agreement)",
+             f"generated: {summary['text']!r}"]
+    for name, energy in summary["energy"].items():
+        line = f"energy ({name}): SNN {energy['snn_pj_per_token']:.1f} pJ/token"
+        if energy["ann_pj_per_token"] is not None:
+            line += (f", ANN {energy['ann_pj_per_token']:.1f} pJ/token, "
+                     f"reduction {energy['reduction_percent']:.1f} %")
+        lines.append(line)
+    _report(summary, as_json, lines)
+    if not summary["passed"]:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -13,6 +13,9 @@ from ..lava_compat import prepare_lava_import
 
 RUN_CONFIGS = ("Loihi2SimCfg", "Loihi2HwCfg")
 SELECT_TAGS = ("fixed_pt", "floating_pt")
+# targets/ also contains energy models (neurodeploy/energy.py), named
+# energy-NAME.toml, which are not run targets.
+ENERGY_PREFIX = "energy-"
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,8 @@ def target_names() -> list[str]:
     """Return the names of the bundled targets."""
     folder = importlib.resources.files("neurodeploy._targets")
     return sorted(path.name[:-5] for path in folder.iterdir()
-                  if path.name.endswith(".toml"))
+                  if path.name.endswith(".toml")
+                  and not path.name.startswith(ENERGY_PREFIX))
 
 
 def load_target(name: str) -> Target:
