@@ -297,8 +297,14 @@ def write_plots(report: dict, folder: str | Path) -> list[str]:
         axis.bar(positions + 0.2, [report["energy"][name]["ann_pj_per_token"]
                                    for name in compared], 0.4, label="ANN")
         axis.set_xticks(positions, compared)
+        # A linear axis from zero, so bar heights compare as the energies do.
+        axis.set_ylim(bottom=0)
         axis.set_ylabel("pJ per token")
-        axis.set_yscale("log")
+        for position, name in zip(positions, compared):
+            reduction = report["energy"][name]["reduction_percent"]
+            axis.annotate(f"-{reduction:.1f} %", (position - 0.2, report[
+                "energy"][name]["snn_pj_per_token"]), ha="center",
+                va="bottom")
         axis.set_title("Spiking decoder vs same-size ANN")
         axis.legend()
         written.append(_save(figure, folder / "snn_vs_ann.png"))
