@@ -30,12 +30,14 @@ def speed(network, reference, prompt, tokens, target_name=None) -> dict:
         result = generate(reference_backend(reference), reference, prompt,
                           tokens, Sampler())
         return {"tokens_per_second": result.tokens_per_second,
+                "positions_per_second": result.positions_per_second,
                 "text_tokens": result.tokens}
     with LavaDecoder(network, load_target(target_name),
                      readout_sources(network)) as decoder:
         result = generate(lava_backend(decoder), reference, prompt, tokens,
                           Sampler())
         return {"tokens_per_second": result.tokens_per_second,
+                "positions_per_second": result.positions_per_second,
                 "steps_per_token": decoder.steps_per_token,
                 "text_tokens": result.tokens}
 

@@ -25,6 +25,9 @@ from .spec import Spec
 FORMAT = "neurodeploy-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+UNREADABLE = (pickle.UnpicklingError, RuntimeError, EOFError,
+              zipfile.BadZipFile, OSError, KeyError, IndexError, ValueError,
+              TypeError, AttributeError)
 
 
 def save_checkpoint(path: Path, *, spec: Spec, tokenizer, model_state: dict,
@@ -51,8 +54,14 @@ def write_atomic(path: Path, write) -> None:
     A crash leaves either the old file or the new one, never a partial file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=path.parent,
+                                         prefix=f".{path.name}.")
+    except OSError as error:
+        raise NeurodeployError(
+            f"cannot write {path}: {error.strerror}; choose a writable "
+            "folder") from error
     try:
         # mkstemp creates mode 0600; give the file the usual umask mode.
         umask = os.umask(0)
@@ -80,11 +89,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError,
-            zipfile.BadZipFile, OSError) as error:
+    except UNREADABLE as error:
+        # torch 2.3's weights-only unpickler raises assorted errors on
+        # foreign bytes; none of their messages helps the user here.
         raise NeurodeployError(
-            f"{path} is not a neurodeploy checkpoint or is corrupt "
-            f"({type(error).__name__}: {str(error).splitlines()[0]})"
+            f"{path} is not a neurodeploy checkpoint or is corrupt: it "
+            f"cannot be read as a weights-only PyTorch file "
+            f"({type(error).__name__}); give the checkpoint.pt written by "
+            "'neurodeploy train'"
         ) from error
 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

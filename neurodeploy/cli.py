@@ -240,15 +240,17 @@ def run(file, prompt, count, target_name, temperature, top_k, seed,
                "text": network.tokenizer.decode(result.tokens),
                "tokens": result.tokens,
                "tokens_per_second": result.tokens_per_second,
+               "positions_per_second": result.positions_per_second,
                "steps_per_token": steps_per_token,
                "seconds": result.seconds}
     if as_json:
         _report(summary, True, [])
     else:
         click.echo()
-        click.echo(f"{len(result.steps)} tokens in {result.seconds:.1f} s "
-                   f"({result.tokens_per_second:.2f} tokens/s, "
-                   f"{steps_per_token} Lava steps per token)", err=True)
+        click.echo(f"{len(result.tokens)} tokens generated in "
+                   f"{result.seconds:.1f} s ({result.tokens_per_second:.2f} "
+                   f"tokens/s; {len(result.steps)} positions run, "
+                   f"{steps_per_token} Lava steps each)", err=True)
 
 
 @main.command()
@@ -278,7 +280,7 @@ def verify(file, prompt, count, as_json):
         _fail(error, as_json)
 
     lines = [f"{'layer':<6}{'name':<26}{'kind':<10}{'agreement':>10}"
-             f"{'spikes compared':>17}"]
+             f"{'values compared':>17}"]
     for row in report["layers"]:
         lines.append(f"{row['index']:<6}{row['name']:<26}{row['kind']:<10}"
                      f"{row['agreement']:>9.2f}%{row['compared']:>17}")

@@ -99,7 +99,8 @@ def build_graph(model: SpikingDecoder) -> Graph:
     parts = spec.not_deployable_parts()
     if parts:
         raise NeurodeployError(
-            "this model cannot run on Lava: " + "; ".join(parts))
+            "this model cannot run on Lava: " + "; ".join(parts)
+            + " (retrain with --set to change these fields)")
 
     return _Builder(model).build()
 

@@ -26,6 +26,8 @@ NETX_TYPES = {"input", "dense", "dense_rec", "dense_comp", "conv", "flatten",
 EXTENSION_TYPES = {"encoder", "fanin", "attention"}
 RUNNABLE_TYPES = {"input", "dense", "flatten", "encoder", "fanin",
                   "attention"}
+KIND_NAMES = {"i": "a signed integer type", "u": "an unsigned integer type",
+              "f": "a floating-point type", "S": "a byte string"}
 NEURON_RANGES = {"iDecay": (0, 4096), "vDecay": (0, 4096),
                  "vThMant": (0, (1 << 17) - 1)}
 
@@ -151,8 +153,9 @@ def _dataset(group: h5py.Group, key: str, kinds: str, ndim: int | None = None,
     if not isinstance(item, h5py.Dataset):
         raise _Invalid(f"{group.name}/{key}: expected a dataset")
     if item.dtype.kind not in kinds:
+        expected = " or ".join(KIND_NAMES[kind] for kind in kinds)
         raise _Invalid(f"{group.name}/{key}: invalid dtype {item.dtype}, "
-                       f"expected kind {kinds!r}")
+                       f"expected {expected}; export the model again")
     value = item[()]
     if ndim is not None and np.ndim(value) != ndim:
         raise _Invalid(f"{group.name}/{key}: invalid shape "

@@ -259,9 +259,11 @@ def _validate_neuron(model: ModelSpec) -> None:
         else 0)
     if model.attention_shift < 0 or longest > 12:
         raise NeurodeployError(
-            f"invalid attention_shift={model.attention_shift}: the shift of "
-            f"A V reaches {longest} at the last position, and must stay "
-            "between 0 and 12; lower attention_shift"
+            f"invalid attention_shift={model.attention_shift} for "
+            f"context={model.context}: the shift of A V reaches {longest} "
+            "at the last position and must stay between 0 and 12; lower "
+            "attention_shift, shorten the context or set "
+            "attention_position_shift=false"
         )
 
     if not 0.0 <= model.dropout < 1.0:

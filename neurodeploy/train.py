@@ -8,6 +8,7 @@ the uninterrupted run exactly.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import time
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .checkpoint import (CHECKPOINT_NAME, load_checkpoint, save_checkpoint,
+                         write_atomic)
 from .errors import NeurodeployError
 from .model import build_model
 from .spec import Spec
@@ -101,9 +103,18 @@ def train(spec: Spec, corpus_path: str | None, out_dir: str | Path,
     """
     out_dir = Path(out_dir)
     checkpoint_path = out_dir / CHECKPOINT_NAME
+    # Fail before training, not at the first checkpoint.
+    write_atomic(out_dir / ".write-test", lambda handle: None)
+    (out_dir / ".write-test").unlink()
     state = _resume_state(checkpoint_path, spec) if resume else None
 
     text, raw = data.read_corpus(corpus_path, spec.model.tokenizer)
+    corpus_digest = hashlib.sha256(raw).hexdigest()
+    saved_digest = state["metrics"].get("corpus_sha256") if state else None
+    if saved_digest not in (None, corpus_digest):
+        raise NeurodeployError(
+            f"cannot resume: {checkpoint_path} was trained on another corpus "
+            "(its SHA-256 differs); pass the same --corpus")
     tokenizer = state["tokenizer"] if state else _new_tokenizer(spec, text)
     corpus = data.split_corpus(text, raw, tokenizer, spec.model.context,
                                spec.train.validation_fraction)
@@ -120,12 +131,16 @@ def train(spec: Spec, corpus_path: str | None, out_dir: str | Path,
         start, history = state["step"], state["metrics"].get("history", [])
         log.info("resumed from %s at step %d", checkpoint_path, start)
 
+    parts = spec.model.not_deployable_parts()
+    if spec.model.arch == "snn" and parts:
+        log.warning("this model trains but cannot be exported to Lava: %s",
+                    "; ".join(parts))
     n_params = sum(p.numel() for p in model.parameters())
     log.info("%s decoder %r: %d parameters, %d steps", spec.model.arch,
              spec.name, n_params, spec.train.steps)
 
     run = _Run(spec, model, optimizer, corpus, tokenizer, device,
-               checkpoint_path, history)
+               checkpoint_path, history, corpus_digest)
     end = min(spec.train.steps, stop_after or spec.train.steps)
     train_seconds = run.loop(start, end, progress)
     metrics = history[-1] if history else dataclasses.asdict(
@@ -170,6 +185,11 @@ def _resume_state(checkpoint_path: Path, spec: Spec) -> dict:
             f"model (field: (checkpoint, requested) = {diff}); use the same "
             "--model and --set options, or a new --out folder"
         )
+    if saved.train.seed != spec.train.seed:
+        raise NeurodeployError(
+            f"cannot resume: {checkpoint_path} was trained with seed "
+            f"{saved.train.seed}, not {spec.train.seed}; pass --seed "
+            f"{saved.train.seed} to continue the same run")
     if state["step"] > spec.train.steps:
         raise NeurodeployError(
             f"cannot resume: the checkpoint is at step {state['step']}, "
@@ -182,10 +202,11 @@ class _Run:
     """The mutable state of one training loop."""
 
     def __init__(self, spec, model, optimizer, corpus, tokenizer, device,
-                 checkpoint_path, history):
+                 checkpoint_path, history, corpus_digest):
         self.spec, self.model, self.optimizer = spec, model, optimizer
         self.corpus, self.tokenizer, self.device = corpus, tokenizer, device
         self.checkpoint_path, self.history = checkpoint_path, history
+        self.corpus_digest = corpus_digest
 
     def loop(self, start: int, end: int, progress: bool) -> float:
         """Run steps ``start .. end - 1``; return seconds spent training."""
@@ -242,5 +263,6 @@ class _Run:
             self.checkpoint_path, spec=self.spec, tokenizer=self.tokenizer,
             model_state=self.model.state_dict(),
             optimizer_state=self.optimizer.state_dict(), step=step,
-            metrics={"history": self.history},
+            metrics={"history": self.history,
+                     "corpus_sha256": self.corpus_digest},
             chars_per_token=self.corpus.chars_per_token)

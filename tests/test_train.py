@@ -154,3 +154,38 @@ def test_learning_rate_schedule(tiny_spec):
     assert learning_rate(9, spec) == pytest.approx(1.0)
     assert learning_rate(55, spec) == pytest.approx(0.55)
     assert learning_rate(100, spec) == pytest.approx(0.1)
+
+
+def test_unwritable_out_fails_before_training(tiny_spec, corpus_file,
+                                              tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(NeurodeployError, match="cannot write"):
+        train(tiny_spec, str(corpus_file), blocker / "run", progress=False)
+
+
+@pytest.mark.parametrize("content", [b"", b"plain text notes\n"],
+                         ids=["empty", "text"])
+def test_non_checkpoint_files_rejected(tmp_path, content):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(content)
+    with pytest.raises(NeurodeployError, match="not a neurodeploy checkpoint"):
+        checkpoint.load_checkpoint(path)
+
+
+def test_resume_with_other_seed(tiny_spec, corpus_file, tmp_path):
+    train(tiny_spec, str(corpus_file), tmp_path, progress=False,
+          stop_after=2)
+    other = apply_overrides(tiny_spec, ["seed=5"])
+    with pytest.raises(NeurodeployError, match="pass --seed 0"):
+        train(other, str(corpus_file), tmp_path, resume=True, progress=False)
+
+
+def test_resume_with_other_corpus(tiny_spec, corpus_file, tmp_path):
+    train(tiny_spec, str(corpus_file), tmp_path / "run", progress=False,
+          stop_after=2)
+    other = tmp_path / "other.txt"
+    other.write_text(corpus_file.read_text()[::-1])
+    with pytest.raises(NeurodeployError, match="another corpus"):
+        train(tiny_spec, str(other), tmp_path / "run", resume=True,
+              progress=False)

@@ -49,7 +49,13 @@ class Generation:
 
     @property
     def tokens_per_second(self) -> float:
-        """Tokens run through the decoder (prompt and generated) per second."""
+        """Generated tokens per second, the prompt's time included."""
+        return len(self.tokens) / self.seconds if self.seconds else 0.0
+
+    @property
+    def positions_per_second(self) -> float:
+        """Tokens run through the decoder (prompt, fed-back tokens and
+        window reruns) per second."""
         return len(self.steps) / self.seconds if self.seconds else 0.0
 
 

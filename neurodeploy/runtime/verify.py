@@ -56,6 +56,8 @@ def verify(network: Network, prompt: list[int], count: int) -> dict:
         "steps_per_token": steps_per_token,
         "lava_tokens_per_second": lava.tokens_per_second,
         "reference_tokens_per_second": expected.tokens_per_second,
+        "lava_positions_per_second": lava.positions_per_second,
+        "reference_positions_per_second": expected.positions_per_second,
     }
 
 
