@@ -96,6 +96,9 @@ class TrainSpec:
     checkpoint_interval: int = 100
     validation_fraction: float = 0.1
     seed: int = 0
+    # Weight of the mean firing rate of all spiking layers in the loss;
+    # fewer spikes mean fewer synaptic operations and less energy.
+    rate_penalty: float = 0.0
 
 
 @dataclass
@@ -202,9 +205,11 @@ def validate(spec: Spec) -> None:
             f"invalid learning rates ({train.learning_rate}, "
             f"{train.min_learning_rate}); both must be positive"
         )
-    if train.warmup_steps < 0 or train.grad_clip < 0 or train.weight_decay < 0:
+    if min(train.warmup_steps, train.grad_clip, train.weight_decay,
+           train.rate_penalty) < 0:
         raise NeurodeployError(
-            "warmup_steps, grad_clip and weight_decay must not be negative"
+            "warmup_steps, grad_clip, weight_decay and rate_penalty must not "
+            "be negative"
         )
 
 

@@ -189,3 +189,22 @@ def test_resume_with_other_corpus(tiny_spec, corpus_file, tmp_path):
     with pytest.raises(NeurodeployError, match="another corpus"):
         train(tiny_spec, str(other), tmp_path / "run", resume=True,
               progress=False)
+
+
+def test_rate_penalty_lowers_firing(tiny_spec, corpus_file, tmp_path):
+    from neurodeploy.export import load_trained
+    from neurodeploy.train import firing_rate
+
+    rates = []
+    for penalty in (0.0, 5.0):
+        spec = apply_overrides(tiny_spec, [f"rate_penalty={penalty}",
+                                           "steps=20", "learning_rate=0.01",
+                                           "threshold=0.5"])
+        out = tmp_path / f"penalty{penalty}"
+        train(spec, str(corpus_file), out, progress=False)
+        _, model = load_trained(out / "checkpoint.pt")
+        model.train()
+        model(torch.randint(0, 20, (4, 16),
+                            generator=torch.Generator().manual_seed(0)))
+        rates.append(firing_rate(model).item())
+    assert rates[1] < rates[0]

@@ -216,9 +216,12 @@ class CubaLIF(torch.nn.Module):
     def __init__(self, params: CubaParams):
         super().__init__()
         self.params = params
+        self.rate: torch.Tensor | None = None  # mean firing rate, training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return cuba_lif(x, self.params)
+        spikes = cuba_lif(x, self.params)
+        self.rate = spikes.mean() if self.training else None
+        return spikes
 
     def extra_repr(self) -> str:
         p = self.params
