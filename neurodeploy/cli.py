@@ -453,6 +453,7 @@ def pipeline(model_name, corpus, out_dir, steps, overrides, prompt, count,
         click.echo(f"[{number}/{len(STAGES)}] {name}: {message}", err=True)
 
     try:
+        _check_token_count(count)
         spec = specs.load_spec(model_name)
         assignments = list(overrides)
         if steps is not None:

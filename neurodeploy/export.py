@@ -53,8 +53,8 @@ def export_checkpoint(checkpoint_path: str | Path, out_path: str | Path) -> dict
     write_network(out_path, graph, encoder_tables(model), {
         "time_steps": spec.model.time_steps, "spec": spec.to_dict(),
         "tokenizer": payload["tokenizer"].to_dict()})
-    log.info("wrote %s: %d layers, %d synapses", out_path, len(graph.layers),
-             len(graph.synapses))
+    log.info("wrote %s: %d layers, %d folded weight matrices", out_path,
+             len(graph.layers), len(graph.synapses))
 
     return {
         "file": str(out_path),

@@ -30,14 +30,15 @@ def describe(network: Network) -> dict:
 
 
 def _row(network: Network, layer: NetLayer) -> dict:
+    # A plain NetX chain: each weighted layer reads the layer before it, and
+    # the first one reads the network's input (source -1).
     inputs = layer.inputs or ([(layer.index - 1, "weight", 0)]
-                              if layer.index > 0 and layer.weight is not None
-                              else [])
+                              if layer.weight is not None else [])
     synapses = 0
     for source, synapse, _ in inputs:
         if synapse == "identity":
             synapses += network.layers[source].channels
-        elif synapse == "weight":
+        elif source < 0 or synapse == "weight":
             synapses += int(np.count_nonzero(layer.weight))
         else:
             synapses += int(np.count_nonzero(network.synapses[synapse][0]))
@@ -88,7 +89,8 @@ def format_table(summary: dict) -> list[str]:
                      if neuron else "-")
         decays = f"{neuron['iDecay']}/{neuron['vDecay']}" if neuron else "-"
         inputs = ", ".join(
-            f"{i['layer']}:{i['synapse']}" + (f"+{i['delay']}"
+            f"{i['layer'] if i['layer'] >= 0 else 'input'}:{i['synapse']}"
+            + (f"+{i['delay']}"
                                              if i["delay"] else "")
             for i in row["inputs"]) or "-"
         kind = row["type"] + ("" if row["runnable"] else " (!)")

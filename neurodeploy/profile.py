@@ -259,9 +259,11 @@ def profile_chain(network: Network, spikes: np.ndarray) -> Profile:
                 "profile runs chains of dense CUBA layers only")
         weight = np.asarray(layer.weight, dtype=np.int64)
         if weight.shape[1] != previous.shape[0]:
+            hint = (f"; give input spikes of shape ({weight.shape[1]}, time "
+                    "steps), neurons first" if layer.index == 0 else "")
             raise NeurodeployError(
                 f"layer {layer.index} takes {weight.shape[1]} inputs, but "
-                f"its source has {previous.shape[0]} channels")
+                f"its source has {previous.shape[0]} channels{hint}")
         neuron = {key: layer.neuron[key] for key in NEURON_KEYS}
         fired = reference_dense(weight, layer.bias, neuron,
                                 previous).astype(np.int64)

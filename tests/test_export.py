@@ -210,6 +210,11 @@ def test_inspect_plain_slayer_file(tmp_path):
     assert summary["layers"][0]["neuron"]["vThMant"] == 80
     assert summary["layers"][0]["neuron"]["iDecay"] == 1024
     assert summary["totals"]["neurons"] == 20
+    with h5py.File(path) as file:
+        first_weights = np.count_nonzero(file["layer/0/weight"][()])
+    assert summary["layers"][0]["synapses"] == first_weights
+    assert summary["layers"][0]["inputs"] == [
+        {"layer": -1, "synapse": "weight", "delay": 0}]
 
 
 def test_inspect_and_export_commands(exported, tmp_path):
