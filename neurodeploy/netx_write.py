@@ -2,7 +2,7 @@
 
 The layout is specified in docs/netx-format.md. Dense + CUBA layers use
 lava-dl's NetX layer schema (``type``, ``shape``, ``weight``, ``bias``,
-``neuron/*``); everything NetX cannot express lives in extension keys of
+``neuron/*``). Everything NetX cannot express goes into extension keys of
 the same file.
 """
 
@@ -25,7 +25,7 @@ def write_network(path: str | Path, graph: Graph, encoder: dict,
                   meta: dict) -> None:
     """Write ``graph`` to ``path`` atomically.
 
-    ``encoder`` holds ``token_code`` (V, d_token) and ``position_code``
+    ``encoder`` contains ``token_code`` (V, d_token) and ``position_code``
     (context, d_position) as 0/1 arrays plus ``token_shift`` and
     ``padding``. ``meta`` contains the ``spec`` and ``tokenizer``
     dictionaries and ``time_steps``.
