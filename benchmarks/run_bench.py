@@ -4,8 +4,8 @@ PyTorch reference, in one run, and Lava's cost per token by position.
     python benchmarks/run_bench.py runs/bench-snn/model.net --tokens 32
 
 Every backend generates greedily from the same prompt. The position sweep
-runs single tokens through Lava at increasing positions of one context;
-with the spike KV cache its time per token should not grow with position.
+runs single tokens through Lava at increasing positions of one context.
+With the spike KV cache, its time per token should not grow with position.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ ANN baseline side by side, and print the tables for docs/benchmarks.md.
     python benchmarks/train_bench.py --quality       # + full demo trainings
 
 Throughput alternates SNN and ANN steps in one process (A B A B ...), so
-both see the same machine state; the ratio is what to quote.
+both see the same machine state. The ratio is the figure to quote.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def export_checkpoint(checkpoint_path: str | Path, out_path: str | Path) -> dict
     spec = payload["spec"]
     if spec.model.arch != "snn":
         raise NeurodeployError(
-            f"{payload['path']} holds the ANN baseline (arch=ann), which has "
+            f"{payload['path']} contains the ANN baseline (arch=ann), which has "
             "no spiking network to export; export an arch=snn checkpoint")
 
     graph = build_graph(model)

@@ -1,6 +1,6 @@
 """The deployable graph of a trained spiking decoder.
 
-Every neuron population is a layer; every connection names its source
+Every neuron population is a layer. Every connection names its source
 layer, a synapse (a folded integer weight matrix with bias, or the
 identity) and a delay in time steps. This is what the exporter writes and
 what the loader, the PyTorch reference and the Lava runtime read back.

@@ -274,18 +274,7 @@ def _weight_matrix(weight: np.ndarray) -> np.ndarray:
             f"expected a weight matrix of shape (C_out, C_in), got shape "
             f"{weight.shape}"
         )
-    if not np.array_equal(weight, np.round(weight)):
-        raise NeurodeployError(
-            "weights must be integer mantissas (64 times the float "
-            f"weight), got {weight[weight != np.round(weight)][0]}"
-        )
-    weight = weight.astype(np.int64)
-    if weight.min() < WEIGHT_MIN or weight.max() > WEIGHT_MAX:
-        raise NeurodeployError(
-            f"weights must lie in [{WEIGHT_MIN}, {WEIGHT_MAX}], got "
-            f"[{weight.min()}, {weight.max()}]"
-        )
-    return weight
+    return _mantissas(weight, "weights", WEIGHT_MIN, WEIGHT_MAX)
 
 
 def _bias_vector(bias: np.ndarray | None, channels: int) -> np.ndarray | None:
@@ -296,18 +285,24 @@ def _bias_vector(bias: np.ndarray | None, channels: int) -> np.ndarray | None:
         raise NeurodeployError(
             f"expected a bias of shape ({channels},), got shape {bias.shape}"
         )
-    if not np.array_equal(bias, np.round(bias)):
+    return _mantissas(bias, "the bias", BIAS_MIN, BIAS_MAX)
+
+
+def _mantissas(values: np.ndarray, what: str, low: int,
+               high: int) -> np.ndarray:
+    """Check integer mantissas (64 times the float values) in [low, high]."""
+    if not np.array_equal(values, np.round(values)):
         raise NeurodeployError(
-            "the bias must be integer mantissas (64 times the float "
-            f"bias), got {bias[bias != np.round(bias)][0]}"
+            f"{what} must be integer mantissas (64 times the float values), "
+            f"got {values[values != np.round(values)][0]}"
         )
-    bias = bias.astype(np.int64)
-    if bias.min() < BIAS_MIN or bias.max() > BIAS_MAX:
+    values = values.astype(np.int64)
+    if values.min() < low or values.max() > high:
         raise NeurodeployError(
-            f"the bias must lie in [{BIAS_MIN}, {BIAS_MAX}], got "
-            f"[{bias.min()}, {bias.max()}]"
+            f"{what} must lie in [{low}, {high}], got "
+            f"[{values.min()}, {values.max()}]"
         )
-    return bias
+    return values
 
 
 def _neuron_params(neuron: dict) -> dict:

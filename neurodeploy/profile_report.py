@@ -193,23 +193,26 @@ def format_table(report: dict) -> list[str]:
     for row in report["layers"]:
         index = "-" if row["index"] is None else str(row["index"])
         line = (f"{index:<6}{row['name'][:25]:<26}{row['kind']:<10}"
-                f"{row['firing_rate']:>7.3f}{row['spikes'] / tokens:>12.1f}"
-                f"{row['synaptic_ops'] / tokens:>12.1f}"
-                f"{(row['attention_qk'] + row['attention_av']) / tokens:>13.1f}"
-                f"{row['neuron_updates'] / tokens:>12.1f}")
+                f"{row['firing_rate']:>7.3f}" + _count_columns(row, tokens))
         line += "".join(f"{row['energy_pj_per_token'][name]['total']:>16.1f}"
                         for name in models)
         lines.append(line)
 
     totals = report["totals"]
-    line = (f"{'total':<42}{'':>7}{totals['spikes'] / tokens:>12.1f}"
-            f"{totals['synaptic_ops'] / tokens:>12.1f}"
-            f"{(totals['attention_qk'] + totals['attention_av']) / tokens:>13.1f}"
-            f"{totals['neuron_updates'] / tokens:>12.1f}")
+    line = f"{'total':<42}{'':>7}" + _count_columns(totals, tokens)
     line += "".join(f"{report['energy'][name]['snn_pj_per_token']:>16.1f}"
                     for name in models)
     lines.append(line)
     return lines + _summary_lines(report)
+
+
+def _count_columns(counts: dict, tokens: int) -> str:
+    """Per-token spikes, synaptic ops, attention accumulates, updates."""
+    attention = counts["attention_qk"] + counts["attention_av"]
+    return (f"{counts['spikes'] / tokens:>12.1f}"
+            f"{counts['synaptic_ops'] / tokens:>12.1f}"
+            f"{attention / tokens:>13.1f}"
+            f"{counts['neuron_updates'] / tokens:>12.1f}")
 
 
 def _summary_lines(report: dict) -> list[str]:

@@ -47,7 +47,7 @@ def test_schedule_uses_lava_latencies(model_file):
     # encoder, attn entry, qkv, attention, mlp entry, mlp hidden
     assert schedule.starts == {0: 1, 1: 2, 2: 3, 3: 3, 4: 4, 5: 5}
     # The attention Process adds no step, so the encoder's residual input
-    # to the MLP entry waits 2 steps, as the exported file says.
+    # to the MLP entry waits 2 steps, as the exported file records.
     assert schedule.delays[(4, 0)] == 2
     assert schedule.file_delays == schedule.delays
     assert schedule.delays[(4, 1)] == 0

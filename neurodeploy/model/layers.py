@@ -38,7 +38,7 @@ class PowerNorm(nn.Module):
     y = gamma * x / sqrt(psi + eps) + beta, where psi is the running mean of
     x^2 (no mean subtraction). In training, psi mixes the batch estimate
     (with gradient) into the running one, so forward statistics stay close
-    to those used at inference; it folds into a weight and bias like
+    to those used at inference. It folds into a weight and bias like
     BatchNorm. After Shen et al., "PowerNorm: Rethinking Batch Normalization
     in Transformers", ICML 2020.
     """
