@@ -49,10 +49,9 @@ class Reference:
             if layer.kind == "encoder":
                 spikes[0] = self.encode(layer, tokens)
             elif layer.kind == "attention":
-                q, k, v = spikes[layer.inputs[0][0]].chunk(3, dim=1)
                 attrs = layer.attrs
-                drive = attend(q, k, v, b, int(attrs["heads"]),
-                               int(attrs["shift"]),
+                drive = attend(spikes[layer.inputs[0][0]], b,
+                               int(attrs["heads"]), int(attrs["shift"]),
                                bool(attrs["position_shift"]))
                 spikes[layer.index] = cuba_lif(drive, self.params[layer.index])
             else:

@@ -109,7 +109,8 @@ def test_attention_counts_coincidences(tiny_spec):
     q = torch.tensor([[[1.0], [1.0]], [[1.0], [0.0]]])
     k = torch.tensor([[[1.0], [0.0]], [[1.0], [1.0]]])
     v = torch.tensor([[[1.0], [0.0]], [[1.0], [1.0]]])
-    y = attend(q, k, v, batch=1, n_heads=1, shift=0, position_shift=False)
+    qkv = torch.cat([q, k, v], dim=1)
+    y = attend(qkv, batch=1, n_heads=1, shift=0, position_shift=False)
     # A = [[1, 0], [1, 1]] after the causal mask; Y = A V.
     assert y[:, :, 0].tolist() == [[1.0, 0.0], [2.0, 1.0]]
 

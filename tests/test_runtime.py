@@ -137,8 +137,7 @@ def test_attention_cache_equals_full_context():
         spikes.numpy(), heads, 0, 1, neuron, time_steps)
 
     # The Reference recomputes attention over the whole context at once.
-    q, k, v = spikes.chunk(3, dim=1)
-    drive = attend(q, k, v, 1, heads, 0, True)
+    drive = attend(spikes, 1, heads, 0, True)
     expected = cuba_lif(drive, neuron_params(neuron)).numpy()
     assert expected.sum() > 0
     assert cached_position == positions

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .neuron import WEIGHT_SCALE
+from .spike_matmul import spike_linear
 
 WEIGHT_STEP = 2 / WEIGHT_SCALE  # SLAYER's quantize_8bit: even mantissas
 WEIGHT_MIN = -256 / WEIGHT_SCALE  # 8-bit signed mantissa, exponent 0
@@ -101,11 +102,15 @@ class SpikeLinear(nn.Module):
 
     Shape: (N, C_in, T) -> (N, C_out, T). The norm (BatchNorm or PowerNorm)
     folds into the weight and a bias at export. It treats every time step
-    of every token as one sample.
+    of every token as one sample. With ``binary_input`` the caller promises
+    0/1 inputs (spikes), and training computes the product with an exact
+    integer GEMM (``spike_matmul``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, norm: str | None):
+    def __init__(self, in_channels: int, out_channels: int, norm: str | None,
+                 binary_input: bool = False):
         super().__init__()
+        self.binary_input = binary_input
         weight = torch.empty(out_channels, in_channels)
         # Uniform fan-in init, kept inside the 8-bit range [-4, 4).
         bound = 1.0 / math.sqrt(in_channels)
@@ -113,17 +118,32 @@ class SpikeLinear(nn.Module):
         self.norm = make_norm(norm, out_channels) if norm else None
         self.deployed: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, apply_norm: bool = True
+                ) -> torch.Tensor:
+        """Return the norm of the product, or the bare product when
+        ``apply_norm`` is False (the caller applies ``fusable_norm``)."""
         n, _, t = x.shape
         rows = x.transpose(1, 2).reshape(n * t, -1)  # (N*T, C_in)
         if self.deployed is not None:
             weight, bias = self.deployed
-            out = torch.addmm(bias / WEIGHT_SCALE, rows, weight.t() / WEIGHT_SCALE)
+            out = torch.addmm(bias / WEIGHT_SCALE, rows,
+                              weight.t() / WEIGHT_SCALE)
         else:
-            out = F.linear(rows, quantize_weight(self.weight))  # (N*T, C_out)
-            if self.norm is not None:
+            if self.binary_input:
+                out = spike_linear(rows, self.weight)  # (N*T, C_out)
+            else:
+                out = F.linear(rows, quantize_weight(self.weight))
+            if self.norm is not None and apply_norm:
                 out = self.norm(out)
         return out.view(n, t, -1).transpose(1, 2)  # (N, C_out, T)
+
+    def fusable_norm(self) -> nn.BatchNorm1d | None:
+        """The norm, when a neuron kernel can apply it (``CubaLIF``):
+        BatchNorm in training, not deployed."""
+        if self.training and self.deployed is None \
+                and isinstance(self.norm, nn.BatchNorm1d):
+            return self.norm
+        return None
 
     @torch.no_grad()
     def fold(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,18 +17,21 @@ and the leaky integrators are back-propagated without the reset term.
 
 SLAYER steps through time with a Python loop of tensor operations, each a
 full pass over the state, so on a CPU its neuron costs more than a Linear
-layer of the same size (docs/benchmarks.md). Here the whole neuron is one compiled (numba) pass over
-memory on the CPU, and the same arithmetic in tensor operations elsewhere.
-Both give SLAYER's spikes bit for bit (``tests/test_neuron.py`` checks).
+layer of the same size (docs/benchmarks.md). Here the neuron is one
+compiled (numba) pass over memory each way on the CPU
+(``neuron_kernels.py``), and the same arithmetic in tensor operations
+elsewhere. Both give SLAYER's spikes bit for bit (``tests/test_neuron.py``
+checks). In training, the kernels also count spikes for a firing-rate
+penalty and can apply the batch norm of the Linear layer before them, so
+that neither needs a pass of its own.
 """
 
 from __future__ import annotations
 
-import math
-
-import numba
 import numpy as np
 import torch
+
+from . import neuron_kernels as kernels
 
 STATE_SCALE = 1 << 12  # SLAYER's s_scale = scale (1 << 6) * (1 << 6)
 DECAY_SCALE = 1 << 12  # SLAYER's p_scale: decays are 12-bit fractions
@@ -83,96 +86,123 @@ def cuba_lif(x: torch.Tensor, params: CubaParams) -> torch.Tensor:
     ``x`` has shape (N, C, T), time last; the result has the same shape and
     is 0.0 or 1.0. State starts at zero. Differentiable in ``x``.
     """
+    return cuba_lif_count(x, params)[0]
+
+
+def cuba_lif_count(x: torch.Tensor, params: CubaParams,
+                   norm: tuple | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the spikes (N, C, T) and their total count, a scalar that
+    is differentiable like the spikes (for a firing-rate penalty).
+
+    With ``norm = (weight, bias, mean, invstd)``, the neurons are driven
+    by the batch norm ``(x - mean) * invstd * weight + bias`` of ``x``
+    with batch statistics ``mean`` and ``invstd`` of ``x``, computed in the
+    neuron kernel and differentiable in ``x``, ``weight`` and ``bias`` as
+    ``torch.nn.BatchNorm1d`` in training mode.
+    """
     if x.dim() != 3:
         raise ValueError(
             f"expected input of shape (N, C, T), got {tuple(x.shape)}"
         )
-    return _CubaFunction.apply(x, params)
+    weight, bias, mean, invstd = norm if norm is not None \
+        else (None, None, None, None)
+    # (N, C, T) -> (N, T, C): time-major rows are contiguous, and a
+    # Linear layer's output viewed as (N, C, T) already has this layout.
+    x_ntc = x.transpose(1, 2).contiguous()
+    spikes, count = _CubaFunction.apply(x_ntc, weight, bias, mean, invstd,
+                                        params)
+    return spikes.transpose(1, 2), count
 
 
 class _CubaFunction(torch.autograd.Function):
+    """(N, T, C) input -> (spikes, spike count), with an optional fused
+    batch norm (see ``cuba_lif_count``)."""
+
     @staticmethod
-    def forward(ctx, x, params):
-        # (N, C, T) -> (N, T, C): time-major rows are contiguous, and a
-        # Linear layer's output viewed as (N, C, T) already has this layout.
-        x_ntc = x.transpose(1, 2).contiguous()
-        need_grad = ctx.needs_input_grad[0]
-
-        if x_ntc.is_cuda:
-            spikes, surrogate = _forward_torch(x_ntc, params, need_grad)
+    def forward(ctx, x, weight, bias, mean, invstd, params):
+        if weight is None:
+            scale, shift = torch.ones_like(x[0, 0]), torch.zeros_like(x[0, 0])
         else:
-            spikes = torch.empty_like(x_ntc)
-            surrogate = torch.empty_like(x_ntc) if need_grad else spikes
-            _forward_kernel(x_ntc.numpy(), spikes.numpy(), surrogate.numpy(),
-                            need_grad, *params.kernel_args())
-
+            scale = weight.detach() * invstd
+            shift = bias.detach() - mean * scale
+        ctx.save_for_backward(x, scale, shift, weight, mean, invstd)
         ctx.params = params
-        if need_grad:
-            ctx.save_for_backward(surrogate)
-        return spikes.transpose(1, 2)
+
+        if x.is_cuda:
+            spikes, _ = _forward_torch(x * scale + shift, params, False)
+            return spikes, spikes.sum()
+        spikes = torch.empty_like(x)
+        counts = np.zeros(kernels.row_blocks(x.shape[0]), np.int64)
+        current_keep, voltage_keep, threshold_state = \
+            params.kernel_args()[:3]
+        kernels.forward_kernel(x.numpy(), scale.numpy(), shift.numpy(),
+                               spikes.numpy(), counts, current_keep,
+                               voltage_keep, threshold_state)
+        return spikes, torch.tensor(float(counts.sum()), dtype=x.dtype)
 
     @staticmethod
-    def backward(ctx, grad_spikes):
-        (surrogate,) = ctx.saved_tensors
-        params = ctx.params
-        grad_ntc = grad_spikes.transpose(1, 2).contiguous()
-        current_keep, voltage_keep = params.kernel_args()[:2]
+    def backward(ctx, grad_spikes, grad_count):
+        x, scale, shift, weight, mean, invstd = ctx.saved_tensors
+        grad_spikes = grad_spikes.contiguous()
+        with_norm = weight is not None
 
-        if grad_ntc.is_cuda:
-            grad_x = _backward_torch(grad_ntc, surrogate, current_keep,
-                                     voltage_keep)
+        if x.is_cuda:
+            grad_y = _backward_torch(grad_spikes + grad_count,
+                                     x * scale + shift, ctx.params)
+            sums = torch.stack([grad_y.sum((0, 1)),
+                                (grad_y * x).sum((0, 1))]).double()
         else:
-            grad_x = torch.empty_like(grad_ntc)
-            _backward_kernel(grad_ntc.numpy(), surrogate.numpy(),
-                             grad_x.numpy(), current_keep, voltage_keep)
-        return grad_x.transpose(1, 2), None
+            grad_y, sums = _backward_cpu(grad_spikes, grad_count, x, scale,
+                                         shift, with_norm, ctx.params)
+        if not with_norm:
+            return grad_y, None, None, None, None, None
+        return _norm_backward(grad_y, sums, x, weight, mean, invstd)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def _forward_kernel(x, spikes, surrogate, need_grad, current_keep,
-                    voltage_keep, threshold_state, threshold, tau_rho,
-                    rho_peak):
-    """Integrate (N, T, C) inputs; write spikes and surrogate derivatives."""
-    n_rows, n_steps, n_channels = x.shape
-    for row in numba.prange(n_rows):
-        current = np.zeros(n_channels)
-        voltage = np.zeros(n_channels)
-        for t in range(n_steps):
-            for c in range(n_channels):
-                # float32 * 4096 is exact, so this equals SLAYER's int cast.
-                drive = np.trunc(np.float32(x[row, t, c] * np.float32(4096.0)))
-                current[c] = np.trunc(current[c] * current_keep) + drive
-                voltage[c] = np.trunc(voltage[c] * voltage_keep) + current[c]
-                if need_grad:
-                    scaled = np.float32(voltage[c] / 4096.0)
-                    surrogate[row, t, c] = rho_peak * math.exp(
-                        -abs(scaled - threshold) / tau_rho)
-                if voltage[c] > threshold_state:
-                    spikes[row, t, c] = 1.0
-                    voltage[c] = 0.0
-                else:
-                    spikes[row, t, c] = 0.0
+def _backward_cpu(grad_spikes, grad_count, x, scale, shift, with_norm,
+                  params):
+    grad_y = torch.empty_like(x)
+    n_blocks = kernels.row_blocks(x.shape[0])
+    sums = np.zeros((n_blocks if with_norm else 0, 2, x.shape[2]))
+    current_keep, voltage_keep, threshold_state, threshold, tau_rho, \
+        rho_peak = params.kernel_args()
+    kernels.backward_kernel(
+        grad_spikes.numpy(), float(grad_count), x.numpy(), scale.numpy(),
+        shift.numpy(), grad_y.numpy(), sums, n_blocks, current_keep,
+        voltage_keep, threshold_state, threshold, 1.0 / tau_rho, rho_peak)
+    return grad_y, torch.from_numpy(sums.sum(axis=0))
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def _backward_kernel(grad_spikes, surrogate, grad_x, current_keep,
-                     voltage_keep):
-    """Back-propagate through spike, voltage and current (no reset term)."""
-    n_rows, n_steps, n_channels = grad_spikes.shape
-    for row in numba.prange(n_rows):
-        voltage_grad = np.zeros(n_channels)
-        current_grad = np.zeros(n_channels)
-        for t in range(n_steps - 1, -1, -1):
-            for c in range(n_channels):
-                g = grad_spikes[row, t, c] * surrogate[row, t, c]
-                voltage_grad[c] = voltage_keep * voltage_grad[c] + g
-                current_grad[c] = current_keep * current_grad[c] \
-                    + voltage_grad[c]
-                grad_x[row, t, c] = current_grad[c]
+def _norm_backward(grad_y, sums, x, weight, mean, invstd):
+    """BatchNorm1d's training-mode backward from the sums of grad_y and
+    grad_y * x over all rows and steps; grad_y becomes grad_x in place."""
+    n = x.shape[0] * x.shape[1]
+    mean64, invstd64 = mean.double(), invstd.double()
+    grad_bias = sums[0]
+    # sum(grad_y * x_hat), with x_hat = (x - mean) * invstd
+    grad_weight = invstd64 * (sums[1] - mean64 * sums[0])
+    scale = weight.detach().double() * invstd64
+    slope = -scale * invstd64 * grad_weight / n
+    offset = -scale * grad_bias / n - slope * mean64
+    scale, offset, slope = (v.to(x.dtype) for v in (scale, offset, slope))
+
+    if x.is_cuda:
+        grad_x = grad_y * scale + offset + slope * x
+    else:
+        kernels.affine_kernel(grad_y.numpy(), x.numpy(), scale.numpy(),
+                              offset.numpy(), slope.numpy(),
+                              kernels.row_blocks(x.shape[0]))
+        grad_x = grad_y
+    return (grad_x, grad_weight.to(x.dtype), grad_bias.to(x.dtype),
+            None, None, None)
 
 
 def _forward_torch(x, params, need_grad):
-    """Tensor-operation version of ``_forward_kernel`` (for GPUs)."""
+    """Tensor-operation version of the forward kernel (for GPUs).
+
+    Returns the spikes and, with ``need_grad``, the surrogate derivative.
+    """
     current_keep, voltage_keep, threshold_state, threshold, tau_rho, \
         rho_peak = params.kernel_args()
     drive = torch.trunc(x * STATE_SCALE).double()
@@ -194,17 +224,19 @@ def _forward_torch(x, params, need_grad):
     return spikes, surrogate
 
 
-def _backward_torch(grad_spikes, surrogate, current_keep, voltage_keep):
-    """Tensor-operation version of ``_backward_kernel`` (for GPUs)."""
+def _backward_torch(grad_spikes, y, params):
+    """Tensor-operation version of the backward kernel (for GPUs)."""
+    _, surrogate = _forward_torch(y, params, True)
+    current_keep, voltage_keep = params.kernel_args()[:2]
     grad_voltage = grad_spikes * surrogate
-    grad_x = torch.empty_like(grad_spikes)
+    grad_y = torch.empty_like(grad_spikes)
     voltage_grad = torch.zeros_like(grad_spikes[:, 0])
     current_grad = torch.zeros_like(grad_spikes[:, 0])
     for t in range(grad_spikes.shape[1] - 1, -1, -1):
         voltage_grad = voltage_keep * voltage_grad + grad_voltage[:, t]
         current_grad = current_keep * current_grad + voltage_grad
-        grad_x[:, t] = current_grad
-    return grad_x
+        grad_y[:, t] = current_grad
+    return grad_y
 
 
 class CubaLIF(torch.nn.Module):
@@ -218,10 +250,56 @@ class CubaLIF(torch.nn.Module):
         self.params = params
         self.rate: torch.Tensor | None = None  # mean firing rate, training
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spikes = cuba_lif(x, self.params)
-        self.rate = spikes.mean() if self.training else None
+    def forward(self, x: torch.Tensor,
+                norm: torch.nn.BatchNorm1d | None = None) -> torch.Tensor:
+        """Spikes of the population driven by ``x``, or by ``norm(x)``.
+
+        A norm given here runs inside the neuron kernel; it must be a
+        BatchNorm1d in training mode with running statistics.
+        """
+        fused = None
+        if norm is not None:
+            fused = _batch_statistics(norm, x)
+        spikes, count = cuba_lif_count(x, self.params, fused)
+        self.rate = count / spikes.numel() if self.training else None
         return spikes
+
+
+def _batch_statistics(norm: torch.nn.BatchNorm1d, x: torch.Tensor) -> tuple:
+    """(weight, bias, mean, invstd) of ``norm`` on ``x`` (N, C, T), and
+    its running statistics updated as BatchNorm1d.forward would."""
+    if not (norm.training and norm.track_running_stats and norm.affine
+            and norm.momentum is not None):
+        raise ValueError("a fused norm must be an affine BatchNorm1d in "
+                         "training mode with running statistics and a "
+                         "momentum")
+    with torch.no_grad():
+        mean, var = _moments(x.transpose(1, 2))
+        n = x.shape[0] * x.shape[2]
+        momentum = norm.momentum
+        norm.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+        norm.running_var.mul_(1 - momentum).add_(
+            var, alpha=momentum * n / max(n - 1, 1))
+        norm.num_batches_tracked.add_(1)
+        invstd = torch.rsqrt(var + norm.eps)
+    return norm.weight, norm.bias, mean, invstd
+
+
+def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance per channel of (N, T, C) ``x``."""
+    if x.is_cuda or not x.is_contiguous():
+        var, mean = torch.var_mean(x.reshape(-1, x.shape[2]), dim=0,
+                                   unbiased=False)
+        return mean, var
+    n_blocks = kernels.row_blocks(x.shape[0])
+    sums = np.zeros((n_blocks, 2, x.shape[2]))
+    kernels.moments_kernel(x.numpy(), sums, n_blocks)
+    total = sums.sum(axis=0) / (x.shape[0] * x.shape[1])
+    # float64 sums of float32 values: E[x^2] - E[x]^2 loses nothing that
+    # float32 statistics would keep.
+    mean, var = total[0], np.maximum(total[1] - total[0] ** 2, 0.0)
+    return (torch.from_numpy(mean).to(x.dtype),
+            torch.from_numpy(var).to(x.dtype))
 
     def extra_repr(self) -> str:
         p = self.params

@@ -47,19 +47,32 @@ class SpikingSelfAttention(nn.Module):
         c = model.d_model
         # Q, K and V share one matrix product, one per-channel norm and one
         # LIF call: per channel this is three independent layers.
-        self.qkv = SpikeLinear(c, 3 * c, model.norm)
+        # Every Linear reads spikes, except the branch inputs of the float
+        # residual ablation, which read the float stream.
+        spikes_in = model.residual != "float"
+        self.qkv = SpikeLinear(c, 3 * c, model.norm, spikes_in)
         self.qkv_lif = CubaLIF(params)
         self.attention_lif = CubaLIF(params)
-        self.out = SpikeLinear(c, c, model.norm)
+        self.out = SpikeLinear(c, c, model.norm, binary_input=True)
         self.n_heads = model.n_heads
         self.shift = model.attention_shift
         self.position_shift = model.attention_position_shift
 
     def forward(self, s: torch.Tensor, batch: int) -> torch.Tensor:
-        q, k, v = self.qkv_lif(self.qkv(s)).chunk(3, dim=1)
-        y = self.attention_lif(attend(q, k, v, batch, self.n_heads,
-                                      self.shift, self.position_shift))
+        qkv = linear_lif(self.qkv, self.qkv_lif, s)
+        y = self.attention_lif(attend(qkv, batch, self.n_heads, self.shift,
+                                      self.position_shift))
         return self.out(y)
+
+
+def linear_lif(linear: SpikeLinear, lif: CubaLIF,
+               x: torch.Tensor) -> torch.Tensor:
+    """lif(linear(x)); in training the linear's batch norm runs inside the
+    neuron kernel, which saves two passes over memory each way."""
+    norm = linear.fusable_norm()
+    if norm is None:
+        return lif(linear(x))
+    return lif(linear(x, apply_norm=False), norm=norm)
 
 
 def attention_shifts(n_positions: int, shift: int, by_position: bool,
@@ -77,28 +90,58 @@ def attention_shifts(n_positions: int, shift: int, by_position: bool,
     return shifts
 
 
-def attend(q, k, v, batch: int, n_heads: int, shift: int,
+def attend(qkv: torch.Tensor, batch: int, n_heads: int, shift: int,
            position_shift: bool) -> torch.Tensor:
-    """Causal spike attention without softmax: (B*P, C, T) operands.
+    """Causal spike attention without softmax.
 
-    Returns (A V) * 2**-shift per query position, (B*P, C, T).
+    ``qkv`` (B*P, 3C, T) holds the Q, K and V spikes in that channel
+    order, each split into heads of C / n_heads channels. Returns
+    (A V) * 2**-shift per query position, (B*P, C, T).
     """
-    n, c, t = q.shape
+    n, _, t = qkv.shape
     p = n // batch
-    d_head = c // n_heads
+    q, k, v = _SplitHeads.apply(qkv, batch, n_heads)  # (B, T, H, P, D)
 
-    def heads(x):  # (B*P, C, T) -> (B, T, H, P, D), read time-major
-        rows = x.transpose(1, 2).reshape(batch, p, t, n_heads, d_head)
-        return rows.permute(0, 2, 3, 1, 4)
-
-    scores = heads(q) @ heads(k).transpose(-1, -2)  # (B, T, H, P, P)
-    causal = torch.ones(p, p, dtype=torch.bool, device=q.device).tril()
-    scores = scores.masked_fill(~causal, 0.0)
+    # The causal mask and the per-query power-of-two scale in one (P, P)
+    # matrix. All factors are spikes, integers and powers of two, so
+    # scaling A before the product equals scaling A V after it, exactly.
+    causal = torch.ones(p, p, device=qkv.device).tril()
     scale = torch.exp2(-attention_shifts(p, shift, position_shift,
-                                         q.device).float())
-    y = (scores @ heads(v)) * scale[:, None]  # (B, T, H, P, D)
-    rows = y.permute(0, 3, 1, 2, 4).reshape(n, t, c)  # (B*P, T, C)
+                                         qkv.device).float())
+    scores = (q @ k.transpose(-1, -2)) * (causal * scale[:, None])
+    y = scores @ v  # (B, T, H, P, D)
+    rows = y.permute(0, 3, 1, 2, 4).reshape(n, t, -1)  # (B*P, T, C)
     return rows.transpose(1, 2)  # (B*P, C, T)
+
+
+class _SplitHeads(torch.autograd.Function):
+    """(B*P, 3C, T) Q|K|V spikes -> three contiguous (B, T, H, P, D).
+
+    One copy each way; autograd's own reshape, permute and unbind would
+    copy the gradient twice and leave it in a layout the neuron kernel has
+    to copy again.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, batch, n_heads):
+        n, c3, t = qkv.shape
+        shape = (batch, n // batch, t, 3, n_heads, c3 // 3 // n_heads)
+        parts = qkv.transpose(1, 2).reshape(shape).permute(3, 0, 2, 4, 1, 5)
+        parts = parts.contiguous()  # (3, B, T, H, P, D)
+        ctx.shape = shape
+        return parts[0], parts[1], parts[2]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        batch, p, t, _, n_heads, d_head = ctx.shape
+        grad = grads[0].new_empty(ctx.shape)  # (B, P, T, 3, H, D)
+        for i, g in enumerate(grads):
+            if g is None:
+                grad[:, :, :, i] = 0.0
+            else:
+                grad[:, :, :, i] = g.permute(0, 3, 1, 2, 4)
+        rows = grad.view(batch * p, t, 3 * n_heads * d_head)
+        return rows.transpose(1, 2), None, None
 
 
 class SpikingMLP(nn.Module):
@@ -109,12 +152,14 @@ class SpikingMLP(nn.Module):
 
     def __init__(self, model: ModelSpec):
         super().__init__()
-        self.up = SpikeLinear(model.d_model, model.d_mlp, model.norm)
+        self.up = SpikeLinear(model.d_model, model.d_mlp, model.norm,
+                              binary_input=model.residual != "float")
         self.hidden_lif = CubaLIF(neuron_params(model))
-        self.down = SpikeLinear(model.d_mlp, model.d_model, model.norm)
+        self.down = SpikeLinear(model.d_mlp, model.d_model, model.norm,
+                                binary_input=True)
 
     def forward(self, s: torch.Tensor, batch: int) -> torch.Tensor:
-        return self.down(self.hidden_lif(self.up(s)))
+        return self.down(linear_lif(self.up, self.hidden_lif, s))
 
 
 class Branch(nn.Module):
