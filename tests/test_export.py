@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from neurodeploy.cli import main
 from neurodeploy.errors import NeurodeployError
 from neurodeploy.export import deploy, export_checkpoint, load_trained
-from neurodeploy.model.neuron import CubaLIF
+from neurodeploy.model.neuron import CubaLIF, as_rows
 from neurodeploy.netx_read import load_network
 from neurodeploy.reference import Reference
 from neurodeploy.spec import Spec, apply_overrides
@@ -33,7 +33,7 @@ def model_spikes(model, tokens):
     """Spikes of every LIF of the deployed model, in graph order."""
     recorded = []
     hooks = [module.register_forward_hook(
-        lambda _m, _i, out: recorded.append(out))
+        lambda _m, _i, out: recorded.append(as_rows(out)))
         for module in model.modules() if isinstance(module, CubaLIF)]
     logits = model(tokens)
     for hook in hooks:

@@ -90,39 +90,66 @@ def cuba_lif(x: torch.Tensor, params: CubaParams) -> torch.Tensor:
 
 
 def cuba_lif_count(x: torch.Tensor, params: CubaParams,
-                   norm: tuple | None = None
+                   norm: tuple | None = None, heads: tuple | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the spikes (N, C, T) and their total count, a scalar that
-    is differentiable like the spikes (for a firing-rate penalty).
+    """Return the spikes and their total count, a scalar that is
+    differentiable like the spikes (for a firing-rate penalty).
+
+    ``x`` is (N, C, T), or an attention output (B, T, H, P, D), which is
+    read where it lies. The spikes are (N, C, T), or, with ``heads =
+    (batch, n_heads, parts)``, split for attention: (parts, B, T, H, P, D).
 
     With ``norm = (weight, bias, mean, invstd)``, the neurons are driven
-    by the batch norm ``(x - mean) * invstd * weight + bias`` of ``x``
-    with batch statistics ``mean`` and ``invstd`` of ``x``, computed in the
+    by the batch norm ``(x - mean) * invstd * weight + bias`` of (N, C, T)
+    ``x`` with batch statistics ``mean`` and ``invstd``, computed in the
     neuron kernel and differentiable in ``x``, ``weight`` and ``bias`` as
     ``torch.nn.BatchNorm1d`` in training mode.
     """
-    if x.dim() != 3:
+    if x.dim() == 3:
+        n, c, t = x.shape
+        # (N, C, T) -> (N, T, C): time-major rows are contiguous, and a
+        # Linear layer's output viewed as (N, C, T) already has this layout.
+        x6 = x.transpose(1, 2).contiguous().view(1, n, t, 1, 1, c)
+    elif x.dim() == 5 and norm is None:
+        b, t, h, p, d = x.shape
+        n, c = b * p, h * d
+        x6 = x.contiguous().unsqueeze(0)
+    else:
         raise ValueError(
             f"expected input of shape (N, C, T), got {tuple(x.shape)}"
         )
+    if heads is None:
+        out_shape = (1, n, t, 1, 1, c)
+    else:
+        batch, n_heads, parts = heads
+        out_shape = (parts, batch, t, n_heads, n // batch,
+                     c // parts // n_heads)
     weight, bias, mean, invstd = norm if norm is not None \
         else (None, None, None, None)
-    # (N, C, T) -> (N, T, C): time-major rows are contiguous, and a
-    # Linear layer's output viewed as (N, C, T) already has this layout.
-    x_ntc = x.transpose(1, 2).contiguous()
-    spikes, count = _CubaFunction.apply(x_ntc, weight, bias, mean, invstd,
-                                        params)
-    return spikes.transpose(1, 2), count
+
+    spikes, count = _CubaFunction.apply(x6, weight, bias, mean, invstd,
+                                        params, out_shape)
+    if heads is None:
+        spikes = spikes.view(n, t, c).transpose(1, 2)
+    return spikes, count
+
+
+def as_rows(spikes: torch.Tensor) -> torch.Tensor:
+    """Spikes of either layout of ``cuba_lif_count`` as (N, C, T)."""
+    if spikes.dim() == 3:
+        return spikes
+    return _rows(spikes).transpose(1, 2)
 
 
 class _CubaFunction(torch.autograd.Function):
-    """(N, T, C) input -> (spikes, spike count), with an optional fused
-    batch norm (see ``cuba_lif_count``)."""
+    """6-D input (see ``neuron_kernels``) -> (6-D spikes of ``out_shape``,
+    spike count), with an optional fused batch norm."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, invstd, params):
+    def forward(ctx, x, weight, bias, mean, invstd, params, out_shape):
+        channels = x.new_ones(x.shape[0] * x.shape[3] * x.shape[5])
         if weight is None:
-            scale, shift = torch.ones_like(x[0, 0]), torch.zeros_like(x[0, 0])
+            scale, shift = channels, torch.zeros_like(channels)
         else:
             scale = weight.detach() * invstd
             shift = bias.detach() - mean * scale
@@ -130,15 +157,19 @@ class _CubaFunction(torch.autograd.Function):
         ctx.params = params
 
         if x.is_cuda:
-            spikes, _ = _forward_torch(x * scale + shift, params, False)
-            return spikes, spikes.sum()
-        spikes = torch.empty_like(x)
-        counts = np.zeros(kernels.row_blocks(x.shape[0]), np.int64)
+            spikes, _ = _forward_torch(_rows(x) * scale + shift, params,
+                                       False)
+            return _unrows(spikes, out_shape), spikes.sum()
+        spikes = x.new_empty(out_shape)
+        counts = np.zeros(kernels.row_blocks(x.shape[1] * x.shape[4]),
+                          np.int64)
         current_keep, voltage_keep, threshold_state = \
             params.kernel_args()[:3]
-        kernels.forward_kernel(x.numpy(), scale.numpy(), shift.numpy(),
-                               spikes.numpy(), counts, current_keep,
-                               voltage_keep, threshold_state)
+        kernels.forward_kernel(
+            x.numpy().ravel(), tuple(x.shape), spikes.numpy().ravel(),
+            tuple(out_shape),
+            scale.numpy(), shift.numpy(), counts, current_keep,
+            voltage_keep, threshold_state)
         return spikes, torch.tensor(float(counts.sum()), dtype=x.dtype)
 
     @staticmethod
@@ -148,36 +179,54 @@ class _CubaFunction(torch.autograd.Function):
         with_norm = weight is not None
 
         if x.is_cuda:
-            grad_y = _backward_torch(grad_spikes + grad_count,
-                                     x * scale + shift, ctx.params)
-            sums = torch.stack([grad_y.sum((0, 1)),
-                                (grad_y * x).sum((0, 1))]).double()
+            rows = _rows(x)
+            grad_rows = _backward_torch(_rows(grad_spikes) + grad_count,
+                                        rows * scale + shift, ctx.params)
+            sums = torch.stack([grad_rows.sum((0, 1)),
+                                (grad_rows * rows).sum((0, 1))]).double()
+            grad_x = _unrows(grad_rows, x.shape)
         else:
-            grad_y, sums = _backward_cpu(grad_spikes, grad_count, x, scale,
+            grad_x, sums = _backward_cpu(grad_spikes, grad_count, x, scale,
                                          shift, with_norm, ctx.params)
         if not with_norm:
-            return grad_y, None, None, None, None, None
-        return _norm_backward(grad_y, sums, x, weight, mean, invstd)
+            return grad_x, None, None, None, None, None, None
+        return _norm_backward(grad_x, sums, x, weight, mean, invstd)
+
+
+def _rows(array6: torch.Tensor) -> torch.Tensor:
+    """(S, B, T, H, P, D) -> (N, T, C) rows, a view for plain layouts."""
+    s, b, t, h, p, d = array6.shape
+    return array6.permute(1, 4, 2, 0, 3, 5).reshape(b * p, t, s * h * d)
+
+
+def _unrows(rows: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """Inverse of ``_rows``: (N, T, C) -> contiguous ``shape``."""
+    s, b, t, h, p, d = shape
+    split = rows.reshape(b, p, t, s, h, d)
+    return split.permute(3, 0, 2, 4, 1, 5).contiguous()
 
 
 def _backward_cpu(grad_spikes, grad_count, x, scale, shift, with_norm,
                   params):
-    grad_y = torch.empty_like(x)
-    n_blocks = kernels.row_blocks(x.shape[0])
-    sums = np.zeros((n_blocks if with_norm else 0, 2, x.shape[2]))
+    grad_x = torch.empty_like(x)
+    n_blocks = kernels.row_blocks(x.shape[1] * x.shape[4])
+    sums = np.zeros((n_blocks if with_norm else 0, 2, scale.shape[0]))
     current_keep, voltage_keep, threshold_state, threshold, tau_rho, \
         rho_peak = params.kernel_args()
     kernels.backward_kernel(
-        grad_spikes.numpy(), float(grad_count), x.numpy(), scale.numpy(),
-        shift.numpy(), grad_y.numpy(), sums, n_blocks, current_keep,
-        voltage_keep, threshold_state, threshold, 1.0 / tau_rho, rho_peak)
-    return grad_y, torch.from_numpy(sums.sum(axis=0))
+        grad_spikes.numpy().ravel(), tuple(grad_spikes.shape),
+        float(grad_count),
+        x.numpy().ravel(), tuple(x.shape), scale.numpy(), shift.numpy(),
+        grad_x.numpy().ravel(), sums, n_blocks, current_keep, voltage_keep,
+        threshold_state, threshold, 1.0 / tau_rho, rho_peak)
+    return grad_x, torch.from_numpy(sums.sum(axis=0))
 
 
 def _norm_backward(grad_y, sums, x, weight, mean, invstd):
     """BatchNorm1d's training-mode backward from the sums of grad_y and
-    grad_y * x over all rows and steps; grad_y becomes grad_x in place."""
-    n = x.shape[0] * x.shape[1]
+    grad_y * x over all rows and steps; grad_y becomes grad_x in place.
+    ``x`` and ``grad_y`` are plain 6-D views (1, N, T, 1, 1, C)."""
+    n = x.shape[1] * x.shape[2]
     mean64, invstd64 = mean.double(), invstd.double()
     grad_bias = sums[0]
     # sum(grad_y * x_hat), with x_hat = (x - mean) * invstd
@@ -190,12 +239,12 @@ def _norm_backward(grad_y, sums, x, weight, mean, invstd):
     if x.is_cuda:
         grad_x = grad_y * scale + offset + slope * x
     else:
-        kernels.affine_kernel(grad_y.numpy(), x.numpy(), scale.numpy(),
-                              offset.numpy(), slope.numpy(),
-                              kernels.row_blocks(x.shape[0]))
+        kernels.affine_kernel(_rows(grad_y).numpy(), _rows(x).numpy(),
+                              scale.numpy(), offset.numpy(), slope.numpy(),
+                              kernels.row_blocks(x.shape[1]))
         grad_x = grad_y
     return (grad_x, grad_weight.to(x.dtype), grad_bias.to(x.dtype),
-            None, None, None)
+            None, None, None, None)
 
 
 def _forward_torch(x, params, need_grad):
@@ -251,16 +300,18 @@ class CubaLIF(torch.nn.Module):
         self.rate: torch.Tensor | None = None  # mean firing rate, training
 
     def forward(self, x: torch.Tensor,
-                norm: torch.nn.BatchNorm1d | None = None) -> torch.Tensor:
+                norm: torch.nn.BatchNorm1d | None = None,
+                heads: tuple | None = None) -> torch.Tensor:
         """Spikes of the population driven by ``x``, or by ``norm(x)``.
 
         A norm given here runs inside the neuron kernel; it must be a
-        BatchNorm1d in training mode with running statistics.
+        BatchNorm1d in training mode with running statistics. Layouts of
+        ``x`` and ``heads`` as in ``cuba_lif_count``.
         """
         fused = None
         if norm is not None:
             fused = _batch_statistics(norm, x)
-        spikes, count = cuba_lif_count(x, self.params, fused)
+        spikes, count = cuba_lif_count(x, self.params, fused, heads)
         self.rate = count / spikes.numel() if self.training else None
         return spikes
 

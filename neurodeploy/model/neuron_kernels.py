@@ -1,9 +1,18 @@
 """Compiled CPU kernels of the CUBA-LIF neuron (see ``neuron.py``).
 
-Arrays are time-major, (N, T, C): rows (batch x positions), time steps,
-channels. The neuron's input is ``y = x * scale + shift`` per channel, in
-float32, which is ``x`` itself for scale 1 and shift 0 and a batch norm
-fused into the neuron otherwise.
+Inputs, spikes and gradients are C-contiguous 6-D arrays (S, B, T, H, P,
+D), passed flat with their shape: row ``b * P + p`` of the population,
+time step ``t`` and channel ``(s * H + h) * D + d``. A plain time-major
+(N, T, C) tensor is (1, N, T, 1, 1, C); the Q|K|V spikes of an attention
+layer split into heads are (3, B, T, H, P, D), the layout its matrix
+products read, so that the attention needs no copy of its own. A kernel
+works on one row at a time as (T, C); where a layout is split, each
+block of rows is gathered into scratch memory first or scattered from it
+afterwards.
+
+The neuron's input is ``y = x * scale + shift`` per channel, in float32,
+which is ``x`` itself for scale 1 and shift 0 and a batch norm fused into
+the neuron otherwise.
 
 On a CPU these kernels are limited by memory bandwidth, so each one makes
 a single pass: the forward pass stores nothing but the spikes, and the
@@ -26,22 +35,63 @@ def row_blocks(n_rows: int) -> int:
 
 
 @numba.njit(inline="always")
-def _integrate_row(x_row, scale, shift, current, voltage, volts_out,
-                   spikes_out, current_keep, voltage_keep, threshold_state):
-    """SLAYER's integer CUBA dynamics for one row; returns its spike count.
+def _is_plain(shape) -> bool:
+    return shape[0] * shape[3] * shape[4] == 1
 
-    Writes the voltage before reset (in threshold units, float32) to
-    ``volts_out`` and the spikes to ``spikes_out``, both (T, C).
-    """
-    n_steps, n_channels = x_row.shape
+
+@numba.njit(inline="always")
+def _plain_row(array, shape, row):
+    """Row ``row`` of a plain (1, N, T, 1, 1, C) flat array, as (T, C)."""
+    size = shape[2] * shape[5]
+    return array[row * size:(row + 1) * size].reshape((shape[2], shape[5]))
+
+
+@numba.njit(inline="always")
+def _copy_block(array, shape, first, last, block, to_block):
+    """Copy rows ``first`` to ``last`` - 1 of a split flat 6-D array to
+    ``block`` (rows, T, C), or back with ``to_block`` False.
+
+    Walks the split array in its own order, part, step, head, then row:
+    consecutive rows of one (part, step, head) lie next to each other
+    there, whereas one row's runs lie at strides of powers of two that
+    would all fall into the same cache set. Offsets are unsigned, which
+    spares the loops numba's negative-index checks."""
+    n_parts, n_batch, n_steps, n_heads, n_positions, d_head = shape
+    for s in range(n_parts):
+        for t in range(n_steps):
+            for h in range(n_heads):
+                channel = np.uint64((s * n_heads + h) * d_head)
+                for row in range(first, last):
+                    b, p = row // n_positions, row % n_positions
+                    offset = np.uint64(((((s * n_batch + b) * n_steps + t)
+                                         * n_heads + h) * n_positions + p)
+                                       * d_head)
+                    values = block[row - first, t]
+                    if to_block:
+                        for d in range(d_head):
+                            values[channel + np.uint64(d)] = \
+                                array[offset + np.uint64(d)]
+                    else:
+                        for d in range(d_head):
+                            array[offset + np.uint64(d)] = \
+                                values[channel + np.uint64(d)]
+
+
+@numba.njit(inline="always")
+def _integrate_row(x, scale, shift, current, voltage, volts, spikes,
+                   current_keep, voltage_keep, threshold_state):
+    """SLAYER's integer CUBA dynamics for one (T, C) row; returns its
+    spike count and writes its spikes and its voltage before reset (in
+    threshold units, float32), both (T, C)."""
+    n_steps, n_channels = x.shape
     current[:] = 0.0
     voltage[:] = 0.0
     count = 0
     for t in range(n_steps):
-        x_t = x_row[t]
+        x_t, volts_t, spikes_t = x[t], volts[t], spikes[t]
         for c in range(n_channels):
             y = x_t[c] * scale[c] + shift[c]
-            # float32 * 4096 is exact, so this equals SLAYER's int cast.
+            # float32 * 4096 is exact: this equals SLAYER's int cast.
             drive = np.trunc(y * STATE_SCALE)
             u = np.trunc(current[c] * current_keep) + drive
             v = np.trunc(voltage[c] * voltage_keep) + u
@@ -49,35 +99,54 @@ def _integrate_row(x_row, scale, shift, current, voltage, volts_out,
             current[c] = u
             voltage[c] = 0.0 if fired else v
             count += np.int64(fired)
-            volts_out[t, c] = np.float32(v / 4096.0)
-            spikes_out[t, c] = np.float32(1.0) if fired else np.float32(0.0)
+            volts_t[c] = np.float32(v / 4096.0)
+            spikes_t[c] = np.float32(1.0) if fired else np.float32(0.0)
     return count
 
 
 @numba.njit(parallel=True, cache=True)
-def forward_kernel(x, scale, shift, spikes, counts, current_keep,
-                   voltage_keep, threshold_state):
-    """Spikes of (N, T, C) inputs; spike counts per row block."""
-    n_rows, n_steps, n_channels = x.shape
+def forward_kernel(x, x_shape, spikes, spikes_shape, scale, shift, counts,
+                   current_keep, voltage_keep, threshold_state):
+    """Spikes of flat 6-D inputs into flat 6-D ``spikes``; spike counts
+    per row block."""
+    n_rows = x_shape[1] * x_shape[4]
+    n_steps, n_channels = x_shape[2], scale.shape[0]
+    x_plain, spikes_plain = _is_plain(x_shape), _is_plain(spikes_shape)
     n_blocks = counts.shape[0]
+    block_rows = -(-n_rows // n_blocks)
     for block in numba.prange(n_blocks):
+        first = block * n_rows // n_blocks
+        last = (block + 1) * n_rows // n_blocks
         current = np.empty(n_channels)
         voltage = np.empty(n_channels)
         volts = np.empty((n_steps, n_channels), np.float32)  # not needed
+        x_block = np.empty((0 if x_plain else block_rows, n_steps,
+                            n_channels), np.float32)
+        spikes_block = np.empty((0 if spikes_plain else block_rows, n_steps,
+                                 n_channels), np.float32)
+        if not x_plain:
+            _copy_block(x, x_shape, first, last, x_block, True)
         count = 0
-        for row in range(block * n_rows // n_blocks,
-                         (block + 1) * n_rows // n_blocks):
-            count += _integrate_row(x[row], scale, shift, current, voltage,
-                                    volts, spikes[row], current_keep,
+        for row in range(first, last):
+            x_row = _plain_row(x, x_shape, row) if x_plain \
+                else x_block[row - first]
+            spikes_row = _plain_row(spikes, spikes_shape, row) \
+                if spikes_plain else spikes_block[row - first]
+            count += _integrate_row(x_row, scale, shift, current, voltage,
+                                    volts, spikes_row, current_keep,
                                     voltage_keep, threshold_state)
+        if not spikes_plain:
+            _copy_block(spikes, spikes_shape, first, last, spikes_block,
+                        False)
         counts[block] = count
 
 
 @numba.njit(parallel=True, cache=True)
-def backward_kernel(grad_spikes, grad_count, x, scale, shift, grad_y, sums,
-                    n_blocks, current_keep, voltage_keep, threshold_state,
-                    threshold, inv_tau_rho, rho_peak):
-    """Gradient with respect to the neuron input y, (N, T, C).
+def backward_kernel(grad_spikes, grad_shape, grad_count, x, x_shape, scale,
+                    shift, grad_x, sums, n_blocks, current_keep,
+                    voltage_keep, threshold_state, threshold, inv_tau_rho,
+                    rho_peak):
+    """Gradient with respect to the neuron input, in the layout of ``x``.
 
     Back-propagates through spike, voltage and current as SLAYER does
     (surrogate rho_peak * exp(-|v - threshold| / tau_rho), no reset term).
@@ -85,7 +154,9 @@ def backward_kernel(grad_spikes, grad_count, x, scale, shift, grad_y, sums,
     spike's. When ``sums`` (n_blocks, 2, C) has rows, it receives per
     block the sums of grad_y and of grad_y * x, which a fused norm needs.
     """
-    n_rows, n_steps, n_channels = x.shape
+    n_rows = x_shape[1] * x_shape[4]
+    n_steps, n_channels = x_shape[2], scale.shape[0]
+    x_plain, grad_plain = _is_plain(x_shape), _is_plain(grad_shape)
     with_sums = sums.shape[0] > 0
     threshold = np.float32(threshold)
     inv_tau_rho = np.float32(inv_tau_rho)
@@ -93,19 +164,38 @@ def backward_kernel(grad_spikes, grad_count, x, scale, shift, grad_y, sums,
     current_keep = np.float32(current_keep)
     rho_peak = np.float32(rho_peak)
     grad_count = np.float32(grad_count)
+    block_rows = -(-n_rows // n_blocks)
     for block in numba.prange(n_blocks):
+        first = block * n_rows // n_blocks
+        last = (block + 1) * n_rows // n_blocks
         current = np.empty(n_channels)
         voltage = np.empty(n_channels)
         volts = np.empty((n_steps, n_channels), np.float32)
         spikes = np.empty((n_steps, n_channels), np.float32)  # not needed
+        x_block = np.empty((0 if x_plain else block_rows, n_steps,
+                            n_channels), np.float32)
+        out_block = np.empty_like(x_block)
+        grad_block = np.empty((0 if grad_plain else block_rows, n_steps,
+                               n_channels), np.float32)
         voltage_grad = np.empty(n_channels, np.float32)
         current_grad = np.empty(n_channels, np.float32)
         mantissa = np.empty(n_channels, np.float32)
         exponent = np.empty(n_channels, np.int32)
         power = exponent.view(np.float32)
-        for row in range(block * n_rows // n_blocks,
-                         (block + 1) * n_rows // n_blocks):
-            _integrate_row(x[row], scale, shift, current, voltage, volts,
+        if not x_plain:
+            _copy_block(x, x_shape, first, last, x_block, True)
+        if not grad_plain:
+            _copy_block(grad_spikes, grad_shape, first, last, grad_block,
+                        True)
+        for row in range(first, last):
+            if x_plain:
+                x_row = _plain_row(x, x_shape, row)
+                out_row = _plain_row(grad_x, x_shape, row)
+            else:
+                x_row, out_row = x_block[row - first], out_block[row - first]
+            grad_row = _plain_row(grad_spikes, grad_shape, row) \
+                if grad_plain else grad_block[row - first]
+            _integrate_row(x_row, scale, shift, current, voltage, volts,
                            spikes, current_keep, voltage_keep,
                            threshold_state)
             voltage_grad[:] = 0.0
@@ -113,7 +203,7 @@ def backward_kernel(grad_spikes, grad_count, x, scale, shift, grad_y, sums,
             for t in range(n_steps - 1, -1, -1):
                 _exp_neg(volts[t], threshold, inv_tau_rho, mantissa,
                          exponent)
-                g_t, out_t = grad_spikes[row, t], grad_y[row, t]
+                g_t, out_t = grad_row[t], out_row[t]
                 for c in range(n_channels):
                     surrogate = rho_peak * (mantissa[c] * power[c])
                     voltage_grad[c] = voltage_keep * voltage_grad[c] \
@@ -122,10 +212,12 @@ def backward_kernel(grad_spikes, grad_count, x, scale, shift, grad_y, sums,
                         + voltage_grad[c]
                     out_t[c] = current_grad[c]
                 if with_sums:
-                    x_t = x[row, t]
+                    x_t = x_row[t]
                     for c in range(n_channels):
                         sums[block, 0, c] += out_t[c]
                         sums[block, 1, c] += out_t[c] * x_t[c]
+        if not x_plain:
+            _copy_block(grad_x, x_shape, first, last, out_block, False)
 
 
 @numba.njit(inline="always")
@@ -154,7 +246,7 @@ def _exp_neg(v, threshold, inv_tau, mantissa, exponent):
 @numba.njit(parallel=True, cache=True)
 def affine_kernel(grad_y, x, scale, offset, slope, n_blocks):
     """In place: grad_y = grad_y * scale + offset + slope * x, per channel
-    (the batch-norm backward once its sums are known)."""
+    (the batch-norm backward once its sums are known); (N, T, C) arrays."""
     n_rows, n_steps, n_channels = x.shape
     for block in numba.prange(n_blocks):
         for row in range(block * n_rows // n_blocks,
@@ -168,7 +260,7 @@ def affine_kernel(grad_y, x, scale, offset, slope, n_blocks):
 @numba.njit(parallel=True, cache=True)
 def moments_kernel(x, sums, n_blocks):
     """Per block, the sums of x and of x * x over rows and steps, in
-    float64: ``sums`` (n_blocks, 2, C)."""
+    float64: ``sums`` (n_blocks, 2, C); ``x`` is (N, T, C)."""
     n_rows, n_steps, n_channels = x.shape
     for block in numba.prange(n_blocks):
         for row in range(block * n_rows // n_blocks,

@@ -59,20 +59,23 @@ class SpikingSelfAttention(nn.Module):
         self.position_shift = model.attention_position_shift
 
     def forward(self, s: torch.Tensor, batch: int) -> torch.Tensor:
-        qkv = linear_lif(self.qkv, self.qkv_lif, s)
-        y = self.attention_lif(attend(qkv, batch, self.n_heads, self.shift,
-                                      self.position_shift))
-        return self.out(y)
+        # The Q|K|V spikes come out of the neuron kernel split into heads,
+        # (3, B, T, H, P, D), and the attention neurons read the products
+        # in that layout: no copies around the matrix products.
+        qkv = linear_lif(self.qkv, self.qkv_lif, s,
+                         heads=(batch, self.n_heads, 3))
+        y = _SplitAttention.apply(qkv, self.shift, self.position_shift)
+        return self.out(self.attention_lif(y))
 
 
-def linear_lif(linear: SpikeLinear, lif: CubaLIF,
-               x: torch.Tensor) -> torch.Tensor:
+def linear_lif(linear: SpikeLinear, lif: CubaLIF, x: torch.Tensor,
+               heads: tuple | None = None) -> torch.Tensor:
     """lif(linear(x)); in training the linear's batch norm runs inside the
     neuron kernel, which saves two passes over memory each way."""
     norm = linear.fusable_norm()
     if norm is None:
-        return lif(linear(x))
-    return lif(linear(x, apply_norm=False), norm=norm)
+        return lif(linear(x), heads=heads)
+    return lif(linear(x, apply_norm=False), norm=norm, heads=heads)
 
 
 def attention_shifts(n_positions: int, shift: int, by_position: bool,
@@ -92,56 +95,70 @@ def attention_shifts(n_positions: int, shift: int, by_position: bool,
 
 def attend(qkv: torch.Tensor, batch: int, n_heads: int, shift: int,
            position_shift: bool) -> torch.Tensor:
-    """Causal spike attention without softmax.
+    """Causal spike attention without softmax on (B*P, 3C, T) ``qkv``.
 
-    ``qkv`` (B*P, 3C, T) holds the Q, K and V spikes in that channel
-    order, each split into heads of C / n_heads channels. Returns
-    (A V) * 2**-shift per query position, (B*P, C, T).
+    ``qkv`` holds the Q, K and V spikes in that channel order, each split
+    into heads of C / n_heads channels. Returns (A V) * 2**-shift per
+    query position, (B*P, C, T).
     """
-    n, _, t = qkv.shape
+    n, c3, t = qkv.shape
     p = n // batch
-    q, k, v = _SplitHeads.apply(qkv, batch, n_heads)  # (B, T, H, P, D)
-
-    # The causal mask and the per-query power-of-two scale in one (P, P)
-    # matrix. All factors are spikes, integers and powers of two, so
-    # scaling A before the product equals scaling A V after it, exactly.
-    causal = torch.ones(p, p, device=qkv.device).tril()
-    scale = torch.exp2(-attention_shifts(p, shift, position_shift,
-                                         qkv.device).float())
-    scores = (q @ k.transpose(-1, -2)) * (causal * scale[:, None])
-    y = scores @ v  # (B, T, H, P, D)
-    rows = y.permute(0, 3, 1, 2, 4).reshape(n, t, -1)  # (B*P, T, C)
-    return rows.transpose(1, 2)  # (B*P, C, T)
+    split = qkv.transpose(1, 2).reshape(batch, p, t, 3, n_heads, -1)
+    q, k, v = split.permute(3, 0, 2, 4, 1, 5)  # each (B, T, H, P, D)
+    y = attend_heads(q, k, v, shift, position_shift)
+    rows = y.permute(0, 3, 1, 2, 4).reshape(n, t, c3 // 3)  # (B*P, T, C)
+    return rows.transpose(1, 2)
 
 
-class _SplitHeads(torch.autograd.Function):
-    """(B*P, 3C, T) Q|K|V spikes -> three contiguous (B, T, H, P, D).
+def attend_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 shift: int, position_shift: bool) -> torch.Tensor:
+    """``attend`` on (B, T, H, P, D) spikes; returns (B, T, H, P, D)."""
+    weights = _causal_weights(q.shape[3], shift, position_shift, q.device)
+    scores = (q @ k.transpose(-1, -2)).mul_(weights)
+    return scores @ v
 
-    One copy each way; autograd's own reshape, permute and unbind would
-    copy the gradient twice and leave it in a layout the neuron kernel has
-    to copy again.
-    """
+
+def _causal_weights(n_positions: int, shift: int, position_shift: bool,
+                    device) -> torch.Tensor:
+    """The causal mask and the per-query power-of-two scale in one (P, P)
+    matrix. All factors are spikes, integers and powers of two, so scaling
+    A before the product equals scaling A V after it, exactly."""
+    causal = torch.ones(n_positions, n_positions, device=device).tril()
+    scale = torch.exp2(-attention_shifts(n_positions, shift, position_shift,
+                                         device).float())
+    return causal * scale[:, None]
+
+
+class _SplitAttention(torch.autograd.Function):
+    """``attend_heads`` on Q|K|V spikes split into heads, (3, B, T, H, P,
+    D), as the neuron kernel writes them. The backward pass writes the
+    three gradients into one tensor of that layout, which the neuron
+    kernel reads; autograd would stack them in a copy of its own."""
 
     @staticmethod
-    def forward(ctx, qkv, batch, n_heads):
-        n, c3, t = qkv.shape
-        shape = (batch, n // batch, t, 3, n_heads, c3 // 3 // n_heads)
-        parts = qkv.transpose(1, 2).reshape(shape).permute(3, 0, 2, 4, 1, 5)
-        parts = parts.contiguous()  # (3, B, T, H, P, D)
-        ctx.shape = shape
-        return parts[0], parts[1], parts[2]
+    def forward(ctx, qkv, shift, position_shift):
+        _, b, t, h, p, d = qkv.shape
+        q, k, v = (part.view(b * t * h, p, d) for part in qkv)
+        weights = _causal_weights(p, shift, position_shift, qkv.device)
+        scores = torch.bmm(q, k.transpose(1, 2)).mul_(weights)
+        ctx.save_for_backward(qkv, scores, weights)
+        return torch.bmm(scores, v).view(b, t, h, p, d)
 
     @staticmethod
-    def backward(ctx, *grads):
-        batch, p, t, _, n_heads, d_head = ctx.shape
-        grad = grads[0].new_empty(ctx.shape)  # (B, P, T, 3, H, D)
-        for i, g in enumerate(grads):
-            if g is None:
-                grad[:, :, :, i] = 0.0
-            else:
-                grad[:, :, :, i] = g.permute(0, 3, 1, 2, 4)
-        rows = grad.view(batch * p, t, 3 * n_heads * d_head)
-        return rows.transpose(1, 2), None, None
+    def backward(ctx, grad_y):
+        qkv, scores, weights = ctx.saved_tensors
+        _, b, t, h, p, d = qkv.shape
+        q, k, v = (part.view(b * t * h, p, d) for part in qkv)
+        grad_y = grad_y.reshape(b * t * h, p, d)
+        grad = torch.empty_like(qkv)
+        grad_q, grad_k, grad_v = (part.view(b * t * h, p, d)
+                                  for part in grad)
+
+        grad_scores = torch.bmm(grad_y, v.transpose(1, 2)).mul_(weights)
+        torch.bmm(scores.transpose(1, 2), grad_y, out=grad_v)
+        torch.bmm(grad_scores, k, out=grad_q)
+        torch.bmm(grad_scores.transpose(1, 2), q, out=grad_k)
+        return grad, None, None
 
 
 class SpikingMLP(nn.Module):
