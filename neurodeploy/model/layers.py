@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .neuron import WEIGHT_SCALE
-from .spike_matmul import spike_linear
+from .spike_matmul import SPIKES_UINT8, spike_linear
 
 WEIGHT_STEP = 2 / WEIGHT_SCALE  # SLAYER's quantize_8bit: even mantissas
 WEIGHT_MIN = -256 / WEIGHT_SCALE  # 8-bit signed mantissa, exponent 0
@@ -130,7 +130,10 @@ class SpikeLinear(nn.Module):
                               weight.t() / WEIGHT_SCALE)
         else:
             if self.binary_input:
-                out = spike_linear(rows, self.weight)  # (N*T, C_out)
+                spikes_u8 = getattr(x, SPIKES_UINT8, None)
+                if spikes_u8 is not None:
+                    spikes_u8 = spikes_u8.view(n * t, -1)
+                out = spike_linear(rows, self.weight, spikes_u8)
             else:
                 out = F.linear(rows, quantize_weight(self.weight))
             if self.norm is not None and apply_norm:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from . import neuron_kernels as kernels
+from .spike_matmul import SPIKES_UINT8
 
 STATE_SCALE = 1 << 12  # SLAYER's s_scale = scale (1 << 6) * (1 << 6)
 DECAY_SCALE = 1 << 12  # SLAYER's p_scale: decays are 12-bit fractions
@@ -90,10 +91,15 @@ def cuba_lif(x: torch.Tensor, params: CubaParams) -> torch.Tensor:
 
 
 def cuba_lif_count(x: torch.Tensor, params: CubaParams,
-                   norm: tuple | None = None, heads: tuple | None = None
+                   norm: tuple | None = None, heads: tuple | None = None,
+                   with_uint8: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the spikes and their total count, a scalar that is
     differentiable like the spikes (for a firing-rate penalty).
+
+    With ``with_uint8`` on a CPU, (N, C, T) spikes carry a uint8 copy,
+    (N, T, C), as the attribute ``SPIKES_UINT8`` (see ``spike_matmul``),
+    written by the same kernel pass.
 
     ``x`` is (N, C, T), or an attention output (B, T, H, P, D), which is
     read where it lies. The spikes are (N, C, T), or, with ``heads =
@@ -127,10 +133,15 @@ def cuba_lif_count(x: torch.Tensor, params: CubaParams,
     weight, bias, mean, invstd = norm if norm is not None \
         else (None, None, None, None)
 
+    spikes_u8 = x.new_empty(
+        (n, t, c) if with_uint8 and heads is None and not x.is_cuda else 0,
+        dtype=torch.uint8)
     spikes, count = _CubaFunction.apply(x6, weight, bias, mean, invstd,
-                                        params, out_shape)
+                                        params, out_shape, spikes_u8)
     if heads is None:
         spikes = spikes.view(n, t, c).transpose(1, 2)
+        if spikes_u8.numel():
+            setattr(spikes, SPIKES_UINT8, spikes_u8)
     return spikes, count
 
 
@@ -146,7 +157,8 @@ class _CubaFunction(torch.autograd.Function):
     spike count), with an optional fused batch norm."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, invstd, params, out_shape):
+    def forward(ctx, x, weight, bias, mean, invstd, params, out_shape,
+                spikes_u8):
         channels = x.new_ones(x.shape[0] * x.shape[3] * x.shape[5])
         if weight is None:
             scale, shift = channels, torch.zeros_like(channels)
@@ -167,9 +179,9 @@ class _CubaFunction(torch.autograd.Function):
             params.kernel_args()[:3]
         kernels.forward_kernel(
             x.numpy().ravel(), tuple(x.shape), spikes.numpy().ravel(),
-            tuple(out_shape),
-            scale.numpy(), shift.numpy(), counts, current_keep,
-            voltage_keep, threshold_state)
+            tuple(out_shape), spikes_u8.numpy().ravel(), scale.numpy(),
+            shift.numpy(), counts, current_keep, voltage_keep,
+            threshold_state)
         return spikes, torch.tensor(float(counts.sum()), dtype=x.dtype)
 
     @staticmethod
@@ -189,7 +201,7 @@ class _CubaFunction(torch.autograd.Function):
             grad_x, sums = _backward_cpu(grad_spikes, grad_count, x, scale,
                                          shift, with_norm, ctx.params)
         if not with_norm:
-            return grad_x, None, None, None, None, None, None
+            return grad_x, None, None, None, None, None, None, None
         return _norm_backward(grad_x, sums, x, weight, mean, invstd)
 
 
@@ -244,7 +256,7 @@ def _norm_backward(grad_y, sums, x, weight, mean, invstd):
                               kernels.row_blocks(x.shape[1]))
         grad_x = grad_y
     return (grad_x, grad_weight.to(x.dtype), grad_bias.to(x.dtype),
-            None, None, None, None)
+            None, None, None, None, None)
 
 
 def _forward_torch(x, params, need_grad):
@@ -294,9 +306,11 @@ class CubaLIF(torch.nn.Module):
     Shape: input (N, C, T) currents, output (N, C, T) spikes.
     """
 
-    def __init__(self, params: CubaParams):
+    def __init__(self, params: CubaParams, feeds_linear: bool = False):
         super().__init__()
         self.params = params
+        # Spikes for a SpikeLinear carry a uint8 copy for its integer GEMM.
+        self.feeds_linear = feeds_linear
         self.rate: torch.Tensor | None = None  # mean firing rate, training
 
     def forward(self, x: torch.Tensor,
@@ -311,7 +325,8 @@ class CubaLIF(torch.nn.Module):
         fused = None
         if norm is not None:
             fused = _batch_statistics(norm, x)
-        spikes, count = cuba_lif_count(x, self.params, fused, heads)
+        spikes, count = cuba_lif_count(x, self.params, fused, heads,
+                                       self.feeds_linear and self.training)
         self.rate = count / spikes.numel() if self.training else None
         return spikes
 

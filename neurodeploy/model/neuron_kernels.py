@@ -105,10 +105,12 @@ def _integrate_row(x, scale, shift, current, voltage, volts, spikes,
 
 
 @numba.njit(parallel=True, cache=True)
-def forward_kernel(x, x_shape, spikes, spikes_shape, scale, shift, counts,
-                   current_keep, voltage_keep, threshold_state):
+def forward_kernel(x, x_shape, spikes, spikes_shape, spikes_u8, scale,
+                   shift, counts, current_keep, voltage_keep,
+                   threshold_state):
     """Spikes of flat 6-D inputs into flat 6-D ``spikes``; spike counts
-    per row block."""
+    per row block. A non-empty ``spikes_u8`` receives the spikes of a
+    plain layout once more, as uint8, for an integer GEMM."""
     n_rows = x_shape[1] * x_shape[4]
     n_steps, n_channels = x_shape[2], scale.shape[0]
     x_plain, spikes_plain = _is_plain(x_shape), _is_plain(spikes_shape)
@@ -135,6 +137,11 @@ def forward_kernel(x, x_shape, spikes, spikes_shape, scale, shift, counts,
             count += _integrate_row(x_row, scale, shift, current, voltage,
                                     volts, spikes_row, current_keep,
                                     voltage_keep, threshold_state)
+            if spikes_u8.shape[0] > 0:
+                row_u8 = _plain_row(spikes_u8, spikes_shape, row)
+                for t in range(n_steps):
+                    for c in range(n_channels):
+                        row_u8[t, c] = np.uint8(spikes_row[t, c])
         if not spikes_plain:
             _copy_block(spikes, spikes_shape, first, last, spikes_block,
                         False)

@@ -52,7 +52,7 @@ class SpikingSelfAttention(nn.Module):
         spikes_in = model.residual != "float"
         self.qkv = SpikeLinear(c, 3 * c, model.norm, spikes_in)
         self.qkv_lif = CubaLIF(params)
-        self.attention_lif = CubaLIF(params)
+        self.attention_lif = CubaLIF(params, feeds_linear=True)
         self.out = SpikeLinear(c, c, model.norm, binary_input=True)
         self.n_heads = model.n_heads
         self.shift = model.attention_shift
@@ -171,7 +171,7 @@ class SpikingMLP(nn.Module):
         super().__init__()
         self.up = SpikeLinear(model.d_model, model.d_mlp, model.norm,
                               binary_input=model.residual != "float")
-        self.hidden_lif = CubaLIF(neuron_params(model))
+        self.hidden_lif = CubaLIF(neuron_params(model), feeds_linear=True)
         self.down = SpikeLinear(model.d_mlp, model.d_model, model.norm,
                                 binary_input=True)
 
@@ -189,7 +189,8 @@ class Branch(nn.Module):
         params = neuron_params(model)
         # membrane: entry LIF turns the summed stream into spikes.
         # spike: exit LIF re-binarises the stream after the sum.
-        self.lif = CubaLIF(params) if self.residual != "float" else None
+        self.lif = CubaLIF(params, feeds_linear=True) \
+            if self.residual != "float" else None
         self.dropout = nn.Dropout(model.dropout)
 
     def forward(self, stream: torch.Tensor, batch: int) -> torch.Tensor:
@@ -239,6 +240,8 @@ class SpikingDecoder(nn.Module):
         x = self.stream(tokens)
         if self.readout_lif is not None:
             x = self.readout_lif(x)
-        rate = x.mean(dim=-1)  # (B*P, C): average over T
+        # Average over T, taken on the time-major (B*P, T, C) memory, so
+        # that its gradient keeps the layout the neuron kernels read.
+        rate = x.transpose(1, 2).mean(dim=1)  # (B*P, C)
         logits = self.head(self.readout_norm(rate))
         return logits.view(b, p, -1)

@@ -23,6 +23,9 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
+# Attribute of a spike tensor that holds its uint8 copy, (N, T, C), when
+# the neuron kernel wrote one (``neuron.cuba_lif_count``).
+SPIKES_UINT8 = "neurodeploy_uint8"
 WEIGHT_STEP = 1 / 32  # SLAYER's quantize_8bit: mantissa steps of 2/64
 K_MIN, K_MAX = -128, 127  # 8-bit signed mantissa (of 2/64), exponent 0
 
@@ -36,39 +39,42 @@ def quantized_mantissa(weight: torch.Tensor) -> tuple[torch.Tensor,
     return k.clamp_(K_MIN, K_MAX), in_range
 
 
-def spike_linear(spikes: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def spike_linear(spikes: torch.Tensor, weight: torch.Tensor,
+                 spikes_u8: torch.Tensor | None = None) -> torch.Tensor:
     """``spikes @ quantize(weight).T`` for 0/1 rows (M, C_in).
 
     Same value and gradients as ``F.linear(spikes, quantize_weight(
     weight))`` with the straight-through rounding of ``layers.
     quantize_weight``; exact in the forward pass where the integer GEMM
-    is available.
+    is available. ``spikes_u8``, the same rows as uint8, saves converting
+    them.
     """
     if spikes.device.type == "cpu" and integer_gemm_works():
-        return _SpikeLinear.apply(spikes, weight)
+        return _SpikeLinear.apply(spikes, weight, spikes_u8)
     from .layers import quantize_weight
     return F.linear(spikes, quantize_weight(weight))
 
 
 class _SpikeLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spikes, weight):
+    def forward(ctx, spikes, weight, spikes_u8):
         k, in_range = quantized_mantissa(weight.detach())
-        spikes_u8 = spikes.to(torch.uint8)
+        if spikes_u8 is None:
+            spikes_u8 = spikes.to(torch.uint8)
         out = _integer_gemm(spikes_u8, k.to(torch.int8))
-        ctx.save_for_backward(spikes_u8, k, in_range)  # a quarter the memory
+        # The float spikes, for the weight gradient's float GEMM.
+        ctx.save_for_backward(spikes, k, in_range)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        spikes_u8, k, in_range = ctx.saved_tensors
+        spikes, k, in_range = ctx.saved_tensors
         grad_spikes = grad_weight = None
         if ctx.needs_input_grad[0]:
             grad_spikes = grad_out @ (k * WEIGHT_STEP)
         if ctx.needs_input_grad[1]:
-            grad_weight = (grad_out.t() @ spikes_u8.to(grad_out.dtype)) \
-                * in_range
-        return grad_spikes, grad_weight
+            grad_weight = (grad_out.t() @ spikes) * in_range
+        return grad_spikes, grad_weight, None
 
 
 def _integer_gemm(spikes_u8: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
