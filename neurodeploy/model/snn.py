@@ -17,6 +17,8 @@ Residual styles (``ModelSpec.residual``):
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -129,6 +131,21 @@ def _causal_weights(n_positions: int, shift: int, position_shift: bool,
     return causal * scale[:, None]
 
 
+def _spike_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Q K^T of 0/1 spikes, (N, P, D) each. The scores are integers up to
+    D, exact in bfloat16 while D <= 256, whose products are faster on CPUs
+    with bfloat16 instructions."""
+    if q.device.type == "cpu" and q.shape[2] <= 256 and _bf16_matmul():
+        return torch.bmm(q.bfloat16(), k.bfloat16().transpose(1, 2)).float()
+    return torch.bmm(q, k.transpose(1, 2))
+
+
+@functools.cache
+def _bf16_matmul() -> bool:
+    return torch.backends.mkldnn.is_available() \
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 class _SplitAttention(torch.autograd.Function):
     """``attend_heads`` on Q|K|V spikes split into heads, (3, B, T, H, P,
     D), as the neuron kernel writes them. The backward pass writes the
@@ -140,7 +157,7 @@ class _SplitAttention(torch.autograd.Function):
         _, b, t, h, p, d = qkv.shape
         q, k, v = (part.view(b * t * h, p, d) for part in qkv)
         weights = _causal_weights(p, shift, position_shift, qkv.device)
-        scores = torch.bmm(q, k.transpose(1, 2)).mul_(weights)
+        scores = _spike_scores(q, k).mul_(weights)
         ctx.save_for_backward(qkv, scores, weights)
         return torch.bmm(scores, v).view(b, t, h, p, d)
 

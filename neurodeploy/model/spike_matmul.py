@@ -34,8 +34,8 @@ def quantized_mantissa(weight: torch.Tensor) -> tuple[torch.Tensor,
                                                       torch.Tensor]:
     """Return (k, in_range): weight rounded to k / 32 with k clamped to
     8 bits, and where the clamp let the gradient through."""
-    k = torch.round(weight / WEIGHT_STEP)
-    in_range = (k >= K_MIN) & (k <= K_MAX)
+    k = torch.round(weight * (1 / WEIGHT_STEP))  # exact: a power of two
+    in_range = (k >= K_MIN).logical_and_(k <= K_MAX)
     return k.clamp_(K_MIN, K_MAX), in_range
 
 
@@ -63,29 +63,34 @@ class _SpikeLinear(torch.autograd.Function):
             spikes_u8 = spikes.to(torch.uint8)
         out = _integer_gemm(spikes_u8, k.to(torch.int8))
         # The float spikes, for the weight gradient's float GEMM.
-        ctx.save_for_backward(spikes, k, in_range)
+        ctx.save_for_backward(spikes, k.mul_(WEIGHT_STEP), in_range)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        spikes, k, in_range = ctx.saved_tensors
+        spikes, weight_q, in_range = ctx.saved_tensors
         grad_spikes = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_spikes = grad_out @ (k * WEIGHT_STEP)
+            grad_spikes = grad_out @ weight_q
         if ctx.needs_input_grad[1]:
-            grad_weight = (grad_out.t() @ spikes) * in_range
+            grad_weight = (grad_out.t() @ spikes).mul_(in_range)
         return grad_spikes, grad_weight, None
 
 
 def _integer_gemm(spikes_u8: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """(M, C_in) uint8 @ (C_out, C_in).T int8 -> float32, times 1/32."""
-    c_out = k.shape[0]
     packed = torch.ops.onednn.qlinear_prepack(k, list(spikes_u8.shape))
-    scales = torch.full((c_out,), WEIGHT_STEP)
-    zero_points = torch.zeros(c_out, dtype=torch.long)
+    scales, zero_points = _weight_quantization(k.shape[0])
     return torch.ops.onednn.qlinear_pointwise(
         spikes_u8.contiguous(), 1.0, 0, packed, scales, zero_points, None,
         1.0, 0, torch.float32, "none", [], "")
+
+
+@functools.cache
+def _weight_quantization(c_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel scales (1/32) and zero points (0) of the int8 weights."""
+    return (torch.full((c_out,), WEIGHT_STEP),
+            torch.zeros(c_out, dtype=torch.long))
 
 
 @functools.cache
