@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batch_norm import fusable
 from .neuron import WEIGHT_SCALE
 from .spike_matmul import SPIKES_UINT8, spike_linear
 
@@ -143,8 +144,7 @@ class SpikeLinear(nn.Module):
     def fusable_norm(self) -> nn.BatchNorm1d | None:
         """The norm, when a neuron kernel can apply it (``CubaLIF``):
         BatchNorm in training, not deployed."""
-        if self.training and self.deployed is None \
-                and isinstance(self.norm, nn.BatchNorm1d):
+        if self.deployed is None and fusable(self.norm):
             return self.norm
         return None
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from . import neuron_kernels as kernels
+from .batch_norm import batch_statistics, gradient_sums, norm_backward
 from .spike_matmul import SPIKES_UINT8
 
 STATE_SCALE = 1 << 12  # SLAYER's s_scale = scale (1 << 6) * (1 << 6)
@@ -194,15 +195,19 @@ class _CubaFunction(torch.autograd.Function):
             rows = _rows(x)
             grad_rows = _backward_torch(_rows(grad_spikes) + grad_count,
                                         rows * scale + shift, ctx.params)
-            sums = torch.stack([grad_rows.sum((0, 1)),
-                                (grad_rows * rows).sum((0, 1))]).double()
+            sums = gradient_sums(grad_rows, rows)
             grad_x = _unrows(grad_rows, x.shape)
         else:
             grad_x, sums = _backward_cpu(grad_spikes, grad_count, x, scale,
                                          shift, with_norm, ctx.params)
         if not with_norm:
             return grad_x, None, None, None, None, None, None, None
-        return _norm_backward(grad_x, sums, x, weight, mean, invstd)
+        # In place: grad_x becomes the gradient of the norm's input.
+        _, grad_weight, grad_bias = norm_backward(
+            _rows(grad_x), sums, _rows(x), weight, mean, invstd,
+            out=_rows(grad_x))
+        return (grad_x, grad_weight, grad_bias, None, None, None, None,
+                None)
 
 
 def _rows(array6: torch.Tensor) -> torch.Tensor:
@@ -232,31 +237,6 @@ def _backward_cpu(grad_spikes, grad_count, x, scale, shift, with_norm,
         grad_x.numpy().ravel(), sums, n_blocks, current_keep, voltage_keep,
         threshold_state, threshold, 1.0 / tau_rho, rho_peak)
     return grad_x, torch.from_numpy(sums.sum(axis=0))
-
-
-def _norm_backward(grad_y, sums, x, weight, mean, invstd):
-    """BatchNorm1d's training-mode backward from the sums of grad_y and
-    grad_y * x over all rows and steps; grad_y becomes grad_x in place.
-    ``x`` and ``grad_y`` are plain 6-D views (1, N, T, 1, 1, C)."""
-    n = x.shape[1] * x.shape[2]
-    mean64, invstd64 = mean.double(), invstd.double()
-    grad_bias = sums[0]
-    # sum(grad_y * x_hat), with x_hat = (x - mean) * invstd
-    grad_weight = invstd64 * (sums[1] - mean64 * sums[0])
-    scale = weight.detach().double() * invstd64
-    slope = -scale * invstd64 * grad_weight / n
-    offset = -scale * grad_bias / n - slope * mean64
-    scale, offset, slope = (v.to(x.dtype) for v in (scale, offset, slope))
-
-    if x.is_cuda:
-        grad_x = grad_y * scale + offset + slope * x
-    else:
-        kernels.affine_kernel(_rows(grad_y).numpy(), _rows(x).numpy(),
-                              scale.numpy(), offset.numpy(), slope.numpy(),
-                              kernels.row_blocks(x.shape[1]))
-        grad_x = grad_y
-    return (grad_x, grad_weight.to(x.dtype), grad_bias.to(x.dtype),
-            None, None, None, None, None)
 
 
 def _forward_torch(x, params, need_grad):
@@ -324,48 +304,11 @@ class CubaLIF(torch.nn.Module):
         """
         fused = None
         if norm is not None:
-            fused = _batch_statistics(norm, x)
+            fused = batch_statistics(norm, x.transpose(1, 2))
         spikes, count = cuba_lif_count(x, self.params, fused, heads,
                                        self.feeds_linear and self.training)
         self.rate = count / spikes.numel() if self.training else None
         return spikes
-
-
-def _batch_statistics(norm: torch.nn.BatchNorm1d, x: torch.Tensor) -> tuple:
-    """(weight, bias, mean, invstd) of ``norm`` on ``x`` (N, C, T), and
-    its running statistics updated as BatchNorm1d.forward would."""
-    if not (norm.training and norm.track_running_stats and norm.affine
-            and norm.momentum is not None):
-        raise ValueError("a fused norm must be an affine BatchNorm1d in "
-                         "training mode with running statistics and a "
-                         "momentum")
-    with torch.no_grad():
-        mean, var = _moments(x.transpose(1, 2))
-        n = x.shape[0] * x.shape[2]
-        momentum = norm.momentum
-        norm.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-        norm.running_var.mul_(1 - momentum).add_(
-            var, alpha=momentum * n / max(n - 1, 1))
-        norm.num_batches_tracked.add_(1)
-        invstd = torch.rsqrt(var + norm.eps)
-    return norm.weight, norm.bias, mean, invstd
-
-
-def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and biased variance per channel of (N, T, C) ``x``."""
-    if x.is_cuda or not x.is_contiguous():
-        var, mean = torch.var_mean(x.reshape(-1, x.shape[2]), dim=0,
-                                   unbiased=False)
-        return mean, var
-    n_blocks = kernels.row_blocks(x.shape[0])
-    sums = np.zeros((n_blocks, 2, x.shape[2]))
-    kernels.moments_kernel(x.numpy(), sums, n_blocks)
-    total = sums.sum(axis=0) / (x.shape[0] * x.shape[1])
-    # float64 sums of float32 values: E[x^2] - E[x]^2 loses nothing that
-    # float32 statistics would keep.
-    mean, var = total[0], np.maximum(total[1] - total[0] ** 2, 0.0)
-    return (torch.from_numpy(mean).to(x.dtype),
-            torch.from_numpy(var).to(x.dtype))
 
     def extra_repr(self) -> str:
         p = self.params

@@ -251,30 +251,32 @@ def _exp_neg(v, threshold, inv_tau, mantissa, exponent):
 
 
 @numba.njit(parallel=True, cache=True)
-def affine_kernel(grad_y, x, scale, offset, slope, n_blocks):
-    """In place: grad_y = grad_y * scale + offset + slope * x, per channel
-    (the batch-norm backward once its sums are known); (N, T, C) arrays."""
+def affine_kernel(x, y, scale, offset, slope, out, n_blocks):
+    """out = x * scale + offset + slope * y per channel, (N, T, C) arrays;
+    ``out`` may be ``x``. The batch-norm backward once its sums are
+    known, and with slope 0 its forward."""
     n_rows, n_steps, n_channels = x.shape
     for block in numba.prange(n_blocks):
         for row in range(block * n_rows // n_blocks,
                          (block + 1) * n_rows // n_blocks):
             for t in range(n_steps):
-                g_t, x_t = grad_y[row, t], x[row, t]
+                x_t, y_t, out_t = x[row, t], y[row, t], out[row, t]
                 for c in range(n_channels):
-                    g_t[c] = g_t[c] * scale[c] + offset[c] + slope[c] * x_t[c]
+                    out_t[c] = x_t[c] * scale[c] + offset[c] \
+                        + slope[c] * y_t[c]
 
 
 @numba.njit(parallel=True, cache=True)
-def moments_kernel(x, sums, n_blocks):
-    """Per block, the sums of x and of x * x over rows and steps, in
-    float64: ``sums`` (n_blocks, 2, C); ``x`` is (N, T, C)."""
+def sums_kernel(x, y, sums, n_blocks):
+    """Per block, the sums of x and of x * y over rows and steps, in
+    float64: ``sums`` (n_blocks, 2, C); ``x``, ``y`` (N, T, C)."""
     n_rows, n_steps, n_channels = x.shape
     for block in numba.prange(n_blocks):
         for row in range(block * n_rows // n_blocks,
                          (block + 1) * n_rows // n_blocks):
             for t in range(n_steps):
-                x_t = x[row, t]
+                x_t, y_t = x[row, t], y[row, t]
                 for c in range(n_channels):
                     value = np.float64(x_t[c])
                     sums[block, 0, c] += value
-                    sums[block, 1, c] += value * value
+                    sums[block, 1, c] += value * y_t[c]

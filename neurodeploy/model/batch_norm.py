@@ -1,0 +1,95 @@
+"""Training-mode batch norm fused into the neuron kernel.
+
+A BatchNorm1d between a Linear layer and CUBA-LIF neurons runs inside the
+neuron kernels (``neuron.cuba_lif_count``): these functions give it the
+batch statistics (one pass over the input), update the running ones and
+finish its backward pass from two sums the neuron's backward kernel
+accumulates. They follow BatchNorm1d's training mode to float rounding:
+batch statistics for the output, running statistics updated with the
+unbiased variance, gradients through the statistics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import neuron_kernels as kernels
+
+
+def fusable(norm: nn.Module | None) -> bool:
+    """Whether ``norm`` is a BatchNorm1d these functions can run."""
+    return isinstance(norm, nn.BatchNorm1d) and norm.training \
+        and norm.track_running_stats and norm.affine \
+        and norm.momentum is not None
+
+
+def batch_statistics(norm: nn.BatchNorm1d, x: torch.Tensor) -> tuple:
+    """(weight, bias, mean, invstd) of ``norm`` on (N, T, C) ``x``, and its
+    running statistics updated as BatchNorm1d.forward would."""
+    if not fusable(norm):
+        raise ValueError("a fused norm must be an affine BatchNorm1d in "
+                         "training mode with running statistics and a "
+                         "momentum")
+    with torch.no_grad():
+        mean, var = _moments(x)
+        n = x.shape[0] * x.shape[1]
+        momentum = norm.momentum
+        norm.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+        norm.running_var.mul_(1 - momentum).add_(
+            var, alpha=momentum * n / max(n - 1, 1))
+        norm.num_batches_tracked.add_(1)
+        invstd = torch.rsqrt(var + norm.eps)
+    return norm.weight, norm.bias, mean, invstd
+
+
+def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance per channel of (N, T, C) ``x``."""
+    if x.is_cuda or not x.is_contiguous():
+        var, mean = torch.var_mean(x.reshape(-1, x.shape[2]), dim=0,
+                                   unbiased=False)
+        return mean, var
+    total = _sums(x, x) / (x.shape[0] * x.shape[1])
+    # float64 sums of float32 values: E[x^2] - E[x]^2 loses nothing that
+    # float32 statistics would keep.
+    mean, var = total[0], (total[1] - total[0] ** 2).clamp_(min=0.0)
+    return mean.to(x.dtype), var.to(x.dtype)
+
+
+def gradient_sums(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(2, C) float64: sums of grad and of grad * x over (N, T, C)."""
+    if grad.is_cuda:
+        return torch.stack([grad.sum((0, 1)),
+                            (grad * x).sum((0, 1))]).double()
+    return _sums(grad, x)
+
+
+def _sums(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    n_blocks = kernels.row_blocks(x.shape[0])
+    sums = np.zeros((n_blocks, 2, x.shape[2]))
+    kernels.sums_kernel(x.numpy(), y.numpy(), sums, n_blocks)
+    return torch.from_numpy(sums.sum(axis=0))
+
+
+def norm_backward(grad_y, sums, x, weight, mean, invstd, out):
+    """BatchNorm1d's training-mode backward: (grad_x, grad_weight,
+    grad_bias) from (N, T, C) ``grad_y`` and ``x`` and the (2, C) sums of
+    grad_y and grad_y * x. grad_x goes to ``out``, which may be grad_y."""
+    n = x.shape[0] * x.shape[1]
+    mean64, invstd64 = mean.double(), invstd.double()
+    grad_bias = sums[0]
+    # sum(grad_y * x_hat), with x_hat = (x - mean) * invstd
+    grad_weight = invstd64 * (sums[1] - mean64 * sums[0])
+    scale = weight.detach().double() * invstd64
+    slope = -scale * invstd64 * grad_weight / n
+    offset = -scale * grad_bias / n - slope * mean64
+    scale, offset, slope = (v.to(x.dtype) for v in (scale, offset, slope))
+
+    if x.is_cuda:
+        out.copy_(grad_y * scale + offset + slope * x)
+    else:
+        kernels.affine_kernel(grad_y.numpy(), x.numpy(), scale.numpy(),
+                              offset.numpy(), slope.numpy(), out.numpy(),
+                              kernels.row_blocks(x.shape[0]))
+    return out, grad_weight.to(x.dtype), grad_bias.to(x.dtype)
