@@ -1,6 +1,7 @@
 """Shapes, gradients and invariants of every layer and model variant."""
 
 import itertools
+import platform
 
 import pytest
 import torch
@@ -180,3 +181,44 @@ def test_token_shift_joins_previous_codes(tiny_spec):
     # Before the window starts, the shifted slots stay silent.
     assert code[0, 0, width:3 * width].sum() == 0
     assert code[0, 1, 2 * width:3 * width].sum() == 0
+
+
+def test_integer_gemm_equals_float_product():
+    from neurodeploy.model.spike_matmul import (
+        integer_gemm_works, spike_linear)
+    torch.manual_seed(9)
+    spikes = (torch.rand(96, 40) < 0.4).float().requires_grad_()
+    spikes_float = spikes.detach().clone().requires_grad_()
+    # Some weights beyond the 8-bit range, where the gradient stops.
+    weight = (torch.randn(24, 40) * 2).requires_grad_()
+    weight_float = weight.detach().clone().requires_grad_()
+    grad = torch.randn(96, 24)
+
+    out = spike_linear(spikes, weight)
+    expected = torch.nn.functional.linear(spikes_float,
+                                          quantize_weight(weight_float))
+    (out * grad).sum().backward()
+    (expected * grad).sum().backward()
+
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert integer_gemm_works()  # oneDNN's u8 x s8 GEMM
+    assert torch.equal(out, expected)
+    assert torch.allclose(spikes.grad, spikes_float.grad, atol=1e-5)
+    assert torch.allclose(weight.grad, weight_float.grad, atol=1e-5)
+    assert (weight.grad == 0).any() and (weight.grad != 0).any()
+
+
+def test_split_attention_equals_autograd_attention():
+    from neurodeploy.model.snn import _SplitAttention, attend_heads
+    torch.manual_seed(10)
+    qkv = (torch.rand(3, 2, 4, 2, 7, 5) < 0.5).float().requires_grad_()
+    reference = qkv.detach().clone().requires_grad_()
+    grad = torch.randn(2, 4, 2, 7, 5)
+
+    y = _SplitAttention.apply(qkv, 1, True)
+    expected = attend_heads(*reference.unbind(0), 1, True)
+    (y * grad).sum().backward()
+    (expected * grad).sum().backward()
+
+    assert torch.equal(y, expected)
+    assert torch.allclose(qkv.grad, reference.grad, atol=1e-5)

@@ -1,10 +1,15 @@
 """The fast CUBA-LIF neuron against lava-dl SLAYER's own implementation."""
 
+import numba
+import numpy as np
 import pytest
 import torch
 from lava.lib.dl import slayer
 
-from neurodeploy.model.neuron import CubaParams, cuba_lif, _forward_torch
+from neurodeploy.model import neuron_kernels as kernels
+from neurodeploy.model.neuron import (
+    CubaLIF, CubaParams, _forward_torch, as_rows, cuba_lif, cuba_lif_count)
+from neurodeploy.model.spike_matmul import SPIKES_UINT8
 
 PARAMETERS = [
     # threshold, current_decay, voltage_decay, tau_grad, scale_grad
@@ -75,3 +80,114 @@ def test_time_major_input_gives_same_spikes():
 def test_rejects_wrong_rank():
     with pytest.raises(ValueError, match=r"\(N, C, T\)"):
         cuba_lif(torch.zeros(3, 4), CubaParams(1.0, 1.0, 0.25))
+
+
+def test_surrogate_exp_is_accurate():
+    # The backward kernel's vectorisable exp against float64, over the
+    # whole float32 range the surrogate reaches.
+    y = np.linspace(0.0, 87.0, 200001, dtype=np.float32)
+    mantissa = np.empty_like(y)
+    exponent = np.empty(y.shape, np.int32)
+    _exp_neg_row(y, mantissa, exponent)
+    got = mantissa * exponent.view(np.float32)
+    expected = np.exp(-y.astype(np.float64))
+    assert np.max(np.abs(got - expected) / expected) < 3e-6
+
+
+@numba.njit
+def _exp_neg_row(y, mantissa, exponent):
+    kernels._exp_neg(y, np.float32(0.0), np.float32(1.0), mantissa, exponent)
+
+
+def test_spike_count_and_its_gradient():
+    torch.manual_seed(4)
+    params = CubaParams(0.5, 1.0, 0.25, 0.01, 10.0)
+    x_count = (torch.randn(16, 12, 4) * 2).requires_grad_()
+    x_mean = x_count.detach().clone().requires_grad_()
+
+    spikes, count = cuba_lif_count(x_count, params)
+    assert count.item() == spikes.sum().item() > 0
+    (count * 3.0).backward()
+    (cuba_lif(x_mean, params).sum() * 3.0).backward()
+
+    assert torch.allclose(x_count.grad, x_mean.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_uint8_copy_equals_spikes():
+    torch.manual_seed(5)
+    params = CubaParams(0.5, 1.0, 0.25)
+    x = torch.randn(8, 6, 4) * 2
+    spikes, _ = cuba_lif_count(x, params, with_uint8=True)
+    copy = getattr(spikes, SPIKES_UINT8)
+    assert copy.dtype == torch.uint8
+    assert torch.equal(copy.float(), spikes.transpose(1, 2))
+
+
+def test_fused_batch_norm_equals_batch_norm_then_neuron():
+    torch.manual_seed(6)
+    params = CubaParams(0.5, 1.0, 0.25, 0.01, 10.0)
+    norms = [torch.nn.BatchNorm1d(24) for _ in range(2)]
+    norms[0].weight.data.uniform_(0.5, 2.0)
+    norms[0].bias.data.uniform_(-1.0, 1.0)
+    norms[1].load_state_dict(norms[0].state_dict())
+    z = torch.randn(64, 4, 24) * 2 + 0.5  # (N, T, C) Linear output
+    z_plain = z.clone().requires_grad_()
+    z_fused = z.clone().requires_grad_()
+    weights = torch.randn(64, 24, 4)
+
+    normed = norms[0](z_plain.reshape(-1, 24)).view(64, 4, 24)
+    plain = cuba_lif(normed.transpose(1, 2), params)
+    lif = CubaLIF(params)
+    fused = lif(z_fused.transpose(1, 2), norm=norms[1])
+    (plain * weights).sum().backward()
+    (fused * weights).sum().backward()
+
+    assert torch.equal(plain, fused)
+    assert torch.allclose(z_fused.grad, z_plain.grad, rtol=1e-3, atol=1e-4)
+    for name in ("weight", "bias"):
+        expected = getattr(norms[0], name).grad
+        got = getattr(norms[1], name).grad
+        assert torch.allclose(got, expected, rtol=1e-3, atol=1e-3), name
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.allclose(getattr(norms[1], name).double(),
+                              getattr(norms[0], name).double(),
+                              rtol=1e-5, atol=1e-6), name
+
+
+def test_split_heads_layout_matches_plain_spikes():
+    torch.manual_seed(7)
+    params = CubaParams(0.5, 1.0, 0.25, 0.01, 10.0)
+    batch, positions, heads, d_head, steps = 2, 5, 2, 3, 4
+    channels = 3 * heads * d_head
+    x_plain = torch.randn(batch * positions, channels, steps,
+                          requires_grad=True)
+    x_split = x_plain.detach().clone().requires_grad_()
+    grad = torch.randn(batch * positions, channels, steps)
+
+    plain = cuba_lif(x_plain, params)
+    split, _ = cuba_lif_count(x_split, params, heads=(batch, heads, 3))
+    assert split.shape == (3, batch, steps, heads, positions, d_head)
+    assert torch.equal(as_rows(split), plain)
+
+    (plain * grad).sum().backward()
+    (as_rows(split) * grad).sum().backward()
+    assert torch.equal(x_split.grad, x_plain.grad)
+
+
+def test_heads_input_matches_plain_input():
+    # The attention neurons read (B, T, H, P, D) products where they lie.
+    torch.manual_seed(8)
+    params = CubaParams(0.5, 1.0, 0.25, 0.01, 10.0)
+    y = (torch.randn(2, 4, 3, 5, 6) * 2).requires_grad_()
+    rows = y.detach().permute(0, 3, 1, 2, 4).reshape(10, 4, 18)
+    rows = rows.transpose(1, 2).clone().requires_grad_()
+    grad = torch.randn(10, 18, 4)
+
+    from_heads = cuba_lif(y, params)
+    from_rows = cuba_lif(rows, params)
+    assert torch.equal(from_heads, from_rows)
+
+    (from_heads * grad).sum().backward()
+    (from_rows * grad).sum().backward()
+    expected = rows.grad.transpose(1, 2).reshape(2, 5, 4, 3, 6)
+    assert torch.equal(y.grad, expected.permute(0, 2, 3, 1, 4))
