@@ -1,10 +1,10 @@
 """Training-mode batch norm fused into the neuron kernel.
 
 A BatchNorm1d between a Linear layer and CUBA-LIF neurons runs inside the
-neuron kernels (``neuron.cuba_lif_count``): these functions give it the
-batch statistics (one pass over the input), update the running ones and
-finish its backward pass from two sums the neuron's backward kernel
-accumulates. They follow BatchNorm1d's training mode to float rounding:
+neuron kernels (``neuron.cuba_lif_count``). These functions compute its
+batch statistics in one pass over the input and update the running ones.
+They finish its backward pass from two sums that the neuron's backward
+kernel accumulates. They follow BatchNorm1d's training mode to float rounding:
 batch statistics for the output, running statistics updated with the
 unbiased variance, gradients through the statistics.
 """
@@ -19,7 +19,7 @@ from . import neuron_kernels as kernels
 
 
 def fusable(norm: nn.Module | None) -> bool:
-    """Whether ``norm`` is a BatchNorm1d these functions can run."""
+    """Tell whether ``norm`` is a BatchNorm1d these functions can run."""
     return isinstance(norm, nn.BatchNorm1d) and norm.training \
         and norm.track_running_stats and norm.affine \
         and norm.momentum is not None

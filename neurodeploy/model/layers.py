@@ -142,8 +142,8 @@ class SpikeLinear(nn.Module):
         return out.view(n, t, -1).transpose(1, 2)  # (N, C_out, T)
 
     def fusable_norm(self) -> nn.BatchNorm1d | None:
-        """The norm, when a neuron kernel can apply it (``CubaLIF``):
-        BatchNorm in training, not deployed."""
+        """Return the norm when a neuron kernel can apply it (``CubaLIF``),
+        which is BatchNorm in training and not deployed, else None."""
         if self.deployed is None and fusable(self.norm):
             return self.norm
         return None

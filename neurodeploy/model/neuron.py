@@ -123,7 +123,8 @@ def cuba_lif_count(x: torch.Tensor, params: CubaParams,
         x6 = x.contiguous().unsqueeze(0)
     else:
         raise ValueError(
-            f"expected input of shape (N, C, T), got {tuple(x.shape)}"
+            f"expected input of shape (N, C, T), or (B, T, H, P, D) without "
+            f"a norm, got {tuple(x.shape)}"
         )
     if heads is None:
         out_shape = (1, n, t, 1, 1, c)

@@ -6,9 +6,9 @@ time step ``t`` and channel ``(s * H + h) * D + d``. A plain time-major
 (N, T, C) tensor is (1, N, T, 1, 1, C); the Q|K|V spikes of an attention
 layer split into heads are (3, B, T, H, P, D), the layout its matrix
 products read, so that the attention needs no copy of its own. A kernel
-works on one row at a time as (T, C); where a layout is split, each
-block of rows is gathered into scratch memory first or scattered from it
-afterwards.
+works on one row at a time as (T, C). Where a layout is split, it
+gathers each block of rows into scratch memory first, or scatters it
+from there afterwards.
 
 The neuron's input is ``y = x * scale + shift`` per channel, in float32,
 which is ``x`` itself for scale 1 and shift 0 and a batch norm fused into
@@ -51,11 +51,11 @@ def _copy_block(array, shape, first, last, block, to_block):
     """Copy rows ``first`` to ``last`` - 1 of a split flat 6-D array to
     ``block`` (rows, T, C), or back with ``to_block`` False.
 
-    Walks the split array in its own order, part, step, head, then row:
-    consecutive rows of one (part, step, head) lie next to each other
-    there, whereas one row's runs lie at strides of powers of two that
-    would all fall into the same cache set. Offsets are unsigned, which
-    spares the loops numba's negative-index checks."""
+    Walks the split array in its own order: part, step, head, then row.
+    Consecutive rows of one (part, step, head) lie next to each other
+    there. The runs of one row lie at strides of powers of two instead,
+    which would all fall into the same cache set. Offsets are unsigned,
+    which spares the loops numba's negative-index checks."""
     n_parts, n_batch, n_steps, n_heads, n_positions, d_head = shape
     for s in range(n_parts):
         for t in range(n_steps):
@@ -80,9 +80,10 @@ def _copy_block(array, shape, first, last, block, to_block):
 @numba.njit(inline="always")
 def _integrate_row(x, scale, shift, current, voltage, volts, spikes,
                    current_keep, voltage_keep, threshold_state):
-    """SLAYER's integer CUBA dynamics for one (T, C) row; returns its
-    spike count and writes its spikes and its voltage before reset (in
-    threshold units, float32), both (T, C)."""
+    """Integrate one (T, C) row with SLAYER's integer CUBA dynamics.
+
+    Writes the spikes and the voltage before reset (in threshold units,
+    float32) to (T, C) arrays and returns the spike count."""
     n_steps, n_channels = x.shape
     current[:] = 0.0
     voltage[:] = 0.0
@@ -268,8 +269,9 @@ def affine_kernel(x, y, scale, offset, slope, out, n_blocks):
 
 @numba.njit(parallel=True, cache=True)
 def sums_kernel(x, y, sums, n_blocks):
-    """Per block, the sums of x and of x * y over rows and steps, in
-    float64: ``sums`` (n_blocks, 2, C); ``x``, ``y`` (N, T, C)."""
+    """Sum x and x * y over rows and steps, per block, in float64.
+
+    ``x`` and ``y`` are (N, T, C), ``sums`` is (n_blocks, 2, C)."""
     n_rows, n_steps, n_channels = x.shape
     for block in numba.prange(n_blocks):
         for row in range(block * n_rows // n_blocks,
