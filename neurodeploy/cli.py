@@ -92,12 +92,18 @@ def train(model_name, arch, corpus, steps, out_dir, resume, seed, device,
                                device=device, progress=not no_progress)
     except NeurodeployError as error:
         _fail(error, as_json)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; continue from the last checkpoint in "
+                   f"{out_dir} by rerunning the command with --resume",
+                   err=True)
+        sys.exit(130)
 
+    unit = "byte" if spec.model.tokenizer == "byte" else "char"
     _report(summary, as_json, [
         f"{summary['arch']} decoder {summary['model']!r} after "
         f"{summary['steps']} steps:",
-        f"  validation: {summary['val_loss']:.4f} nats/char, "
-        f"{summary['val_bpc']:.3f} bits/char, accuracy "
+        f"  validation: {summary['val_loss']:.4f} nats/{unit}, "
+        f"{summary['val_bpc']:.3f} bits/{unit}, accuracy "
         f"{summary['val_accuracy']:.3f}",
         f"  throughput: {summary['tokens_per_second']:.0f} tokens/s",
         f"  checkpoint: {summary['checkpoint']}",

@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import data
 from .checkpoint import (CHECKPOINT_NAME, load_checkpoint, save_checkpoint,
                          write_atomic)
 from .errors import NeurodeployError
 from .model import build_model
-from .model.neuron import CubaLIF
+from .model.neuron import CubaLIF, compile_kernels
 from .spec import Spec
 
 log = logging.getLogger(__name__)
@@ -151,9 +152,19 @@ def train(spec: Spec, corpus_path: str | None, out_dir: str | Path,
     log.info("%s decoder %r: %d parameters, %d steps", spec.model.arch,
              spec.name, n_params, spec.train.steps)
 
+    if spec.model.arch == "snn" and torch.device(device).type == "cpu":
+        began = time.perf_counter()
+        compile_kernels()
+        log.info("neuron kernels ready in %.1f s (compiled on the first "
+                 "run, then loaded from numba's cache)",
+                 time.perf_counter() - began)
+
     run = _Run(spec, model, optimizer, corpus, tokenizer, device,
                checkpoint_path, history, corpus_digest)
     end = min(spec.train.steps, stop_after or spec.train.steps)
+    if start >= end:
+        log.info("%s is already at step %d of %d; nothing to train",
+                 checkpoint_path, start, spec.train.steps)
     train_seconds = run.loop(start, end, progress)
     metrics = history[-1] if history else dataclasses.asdict(
         evaluate(model, corpus, spec, device))
@@ -228,18 +239,21 @@ class _Run:
                    disable=not progress, unit="step", dynamic_ncols=True)
         seconds = 0.0
         self.model.train()
-        for step in bar:
-            began = time.perf_counter()
-            loss = self.step(step)
-            seconds += time.perf_counter() - began
-            done = step + 1
-            bar.set_postfix(loss=f"{loss:.3f}",
-                            tok_s=f"{tokens_per_step * (done - start) / seconds:.0f}")
+        # Log lines go through the bar, so they do not break it.
+        with logging_redirect_tqdm():
+            for step in bar:
+                began = time.perf_counter()
+                loss = self.step(step)
+                seconds += time.perf_counter() - began
+                done = step + 1
+                rate = tokens_per_step * (done - start) / seconds
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:.0f}")
 
-            if done % spec.eval_interval == 0 or done == spec.steps:
-                self.validate(done)
-            if done % spec.checkpoint_interval == 0 or done == spec.steps:
-                self.save(done)
+                if done % spec.eval_interval == 0 or done == spec.steps:
+                    self.validate(done)
+                if done % spec.checkpoint_interval == 0 \
+                        or done == spec.steps:
+                    self.save(done)
         bar.close()
         return seconds
 
@@ -268,8 +282,9 @@ class _Run:
         metrics = evaluate(self.model, self.corpus, self.spec, self.device)
         record = {"step": step, **dataclasses.asdict(metrics)}
         self.history.append(record)
-        log.info("step %d: val_loss %.4f nats/char, %.3f bpc, accuracy %.3f",
-                 step, metrics.val_loss, metrics.val_bpc,
+        unit = "byte" if self.spec.model.tokenizer == "byte" else "char"
+        log.info("step %d: val_loss %.4f nats/%s, %.3f bits/%s, accuracy "
+                 "%.3f", step, metrics.val_loss, unit, metrics.val_bpc, unit,
                  metrics.val_accuracy)
 
     def save(self, step: int) -> None:

@@ -44,6 +44,7 @@ def test_train_arch_and_steps_options(tmp_path, corpus_file):
     (["--set", "colour=blue"], "unknown spec field 'colour'"),
     (["--model", "nope"], "unknown model 'nope'"),
     (["--resume"], "no checkpoint"),
+    (["--set", "token_encoding='one_hot'"], "token_encoding=one_hot needs"),
 ])
 def test_bad_input_exits_2(tmp_path, corpus_file, extra, message):
     result = CliRunner().invoke(

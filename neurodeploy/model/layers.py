@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import NeurodeployError
 from .batch_norm import fusable
 from .neuron import WEIGHT_SCALE
 from .spike_matmul import SPIKES_UINT8, spike_linear
@@ -219,7 +220,7 @@ class SpikeEncoder(nn.Module):
                   "binary": max(1, math.ceil(math.log2(vocab_size)))}
         minimum = needed.get(self.token_encoding, 1)
         if self.d_token < minimum:
-            raise ValueError(
+            raise NeurodeployError(
                 f"token_encoding={self.token_encoding} needs {minimum} "
                 f"channels per token for a vocabulary of {vocab_size}, but "
                 f"d_model={model.d_model} leaves {self.d_token}; raise "

@@ -315,3 +315,19 @@ class CubaLIF(torch.nn.Module):
         p = self.params
         return (f"threshold={p.threshold}, current_decay={p.current_decay}/4096"
                 f", voltage_decay={p.voltage_decay}/4096")
+
+
+def compile_kernels() -> None:
+    """Compile the CPU kernels, or load them from numba's cache, on tiny
+    inputs of the types training passes, so that no training step pays
+    for it (about 20 s the first time, a second from the cache)."""
+    params = CubaParams(1.0, 1.0, 0.25)
+    norm = torch.nn.BatchNorm1d(6)
+    x = torch.zeros(2, 6, 2, requires_grad=True)  # (N, C, T)
+    y = torch.zeros(1, 2, 1, 2, 6, requires_grad=True)  # (B, T, H, P, D)
+
+    statistics = batch_statistics(norm, x.detach().transpose(1, 2))
+    split, split_count = cuba_lif_count(x, params, statistics,
+                                        heads=(1, 1, 3))
+    plain, plain_count = cuba_lif_count(y, params, with_uint8=True)
+    (split.sum() + split_count + plain.sum() + plain_count).backward()
