@@ -111,6 +111,64 @@ def neuron_speed(rounds: int) -> dict:
     return {name: 1000 * statistics.median(t[1:]) for name, t in times.items()}
 
 
+def weight_grad_speed(rounds: int) -> dict:
+    """Milliseconds of the weight gradient G^T S of a (8192, 128) -> 384
+    SpikeLinear, dense GEMM against the sparse kernel, by firing rate."""
+    from neurodeploy.model.spike_matmul import sparse_weight_grad
+
+    grad = torch.randn(8192, 384)
+    result = {}
+    for rate in (0.02, 0.05, 0.1, 0.2, 0.3):
+        spikes = torch.rand(8192, 128) < rate
+        as_float, as_uint8 = spikes.float(), spikes.to(torch.uint8)
+        times = {"dense": [], "sparse": []}
+        for _ in range(rounds + 1):  # the first round is a warm-up
+            for name, run in (("dense", lambda: grad.t() @ as_float),
+                              ("sparse", lambda: sparse_weight_grad(
+                                  grad, as_uint8))):
+                began = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - began)
+        result[rate] = {name: 1000 * statistics.median(t[1:])
+                        for name, t in times.items()}
+    return result
+
+
+def trained_step_speed(checkpoint: str, rounds: int) -> dict:
+    """Milliseconds per training step (rate penalty included) of a
+    trained spiking checkpoint, sparse weight gradients on and off,
+    interleaved."""
+    from neurodeploy.export import load_trained
+    from neurodeploy.model import spike_matmul
+    from neurodeploy.train import firing_rate
+
+    payload, model = load_trained(checkpoint)
+    spec = payload["spec"]
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters())
+    generator = torch.Generator().manual_seed(0)
+    shape = (spec.train.batch_size, spec.model.context)
+    x = torch.randint(0, model.head.out_features, shape, generator=generator)
+    y = torch.randint(0, model.head.out_features, shape, generator=generator)
+    penalty = spec.train.rate_penalty
+    settings = {"sparse": spike_matmul.SPARSE_RATE, "dense": 0.0}
+    times = {name: [] for name in settings}
+    for index in range(rounds + 3):  # three warm-up rounds
+        for name, rate in settings.items():
+            spike_matmul.SPARSE_RATE = rate
+            began = time.perf_counter()
+            logits = model(x)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()) \
+                + penalty * firing_rate(model)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if index >= 3:
+                times[name].append(time.perf_counter() - began)
+    spike_matmul.SPARSE_RATE = settings["sparse"]
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
 def quality(spec_name: str) -> dict:
     """Train both architectures with the CLI and return their summaries."""
     results = {}
@@ -136,6 +194,10 @@ def main() -> None:
                         help="also run full trainings of both models")
     parser.add_argument("--single", action="store_true",
                         help="one process's throughput only (internal)")
+    parser.add_argument("--checkpoint",
+                        help="also time training steps of this trained "
+                        "spiking checkpoint, sparse weight gradients on "
+                        "and off")
     args = parser.parse_args()
     if args.single:
         print(json.dumps(throughput(args.model, args.rounds)))
@@ -147,7 +209,11 @@ def main() -> None:
         "throughput": throughput_in_processes(args.model, args.rounds,
                                               args.processes),
         "neuron_ms": neuron_speed(args.rounds),
+        "weight_grad_ms": weight_grad_speed(10),
     }
+    if args.checkpoint:
+        report["trained_step_ms"] = trained_step_speed(args.checkpoint,
+                                                       args.rounds)
     if args.quality:
         report["quality"] = quality(args.model)
     print(json.dumps(report, indent=2))

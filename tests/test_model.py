@@ -183,11 +183,12 @@ def test_token_shift_joins_previous_codes(tiny_spec):
     assert code[0, 1, 2 * width:3 * width].sum() == 0
 
 
-def test_integer_gemm_equals_float_product():
+@pytest.mark.parametrize("rate", [0.4, 0.05], ids=["dense", "sparse"])
+def test_integer_gemm_equals_float_product(rate):
     from neurodeploy.model.spike_matmul import (
         integer_gemm_works, spike_linear)
     torch.manual_seed(9)
-    spikes = (torch.rand(96, 40) < 0.4).float().requires_grad_()
+    spikes = (torch.rand(96, 40) < rate).float().requires_grad_()
     spikes_float = spikes.detach().clone().requires_grad_()
     # Some weights beyond the 8-bit range, where the gradient stops.
     weight = (torch.randn(24, 40) * 2).requires_grad_()

@@ -11,6 +11,11 @@ of the sums, which the integer path does not have).
 The integer GEMM is oneDNN's quantised linear, ``torch.ops.onednn.
 qlinear_pointwise`` (PyTorch 2.3 on x86). Where it is missing, or its
 one-off check against float32 fails, the float path runs instead.
+
+The weight gradient G^T S sums a row of G for every spike. Below a
+firing rate of ``SPARSE_RATE`` a compiled kernel does only those sums,
+which is faster than the dense float32 GEMM; a rate penalty in training
+brings the rates of the demo model there within a few hundred steps.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import functools
 import logging
 
+import numba
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +35,11 @@ log = logging.getLogger(__name__)
 SPIKES_UINT8 = "neurodeploy_uint8"
 WEIGHT_STEP = 1 / 32  # SLAYER's quantize_8bit: mantissa steps of 2/64
 K_MIN, K_MAX = -128, 127  # 8-bit signed mantissa (of 2/64), exponent 0
+# Firing rate below which the sparse weight gradient beats the dense GEMM
+# (equal near 0.2 on 2 AVX-512 cores; `python benchmarks/train_bench.py`
+# times both, docs/benchmarks.md has the figures).
+SPARSE_RATE = 0.15
+WEIGHT_GRAD_BLOCKS = 4  # row blocks, each with its own accumulator
 
 
 def quantized_mantissa(weight: torch.Tensor) -> tuple[torch.Tensor,
@@ -62,8 +74,12 @@ class _SpikeLinear(torch.autograd.Function):
         if spikes_u8 is None:
             spikes_u8 = spikes.to(torch.uint8)
         out = _integer_gemm(spikes_u8, k.to(torch.int8))
-        # The float spikes, for the weight gradient's float GEMM.
-        ctx.save_for_backward(spikes, k.mul_(WEIGHT_STEP), in_range)
+        # The uint8 spikes for a sparse weight gradient, else the float
+        # spikes for the dense GEMM.
+        ctx.sparse = _count_spikes(spikes_u8.numpy().ravel()) \
+            < SPARSE_RATE * spikes.numel()
+        ctx.save_for_backward(spikes_u8 if ctx.sparse else spikes,
+                              k.mul_(WEIGHT_STEP), in_range)
         return out
 
     @staticmethod
@@ -73,8 +89,51 @@ class _SpikeLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_spikes = grad_out @ weight_q
         if ctx.needs_input_grad[1]:
-            grad_weight = (grad_out.t() @ spikes).mul_(in_range)
+            if ctx.sparse:
+                grad_weight = sparse_weight_grad(grad_out, spikes)
+            else:
+                grad_weight = grad_out.t() @ spikes
+            grad_weight.mul_(in_range)
         return grad_spikes, grad_weight, None
+
+
+def sparse_weight_grad(grad_out: torch.Tensor,
+                       spikes_u8: torch.Tensor) -> torch.Tensor:
+    """``grad_out.T @ spikes`` for (M, C_out) float32 gradients and
+    (M, C_in) uint8 spikes, summing only where spikes are 1."""
+    c_out, c_in = grad_out.shape[1], spikes_u8.shape[1]
+    partial = np.empty((WEIGHT_GRAD_BLOCKS, c_in, c_out), np.float32)
+    _weight_grad_kernel(grad_out.contiguous().numpy(),
+                        spikes_u8.contiguous().numpy(), partial)
+    return torch.from_numpy(partial.sum(axis=0).T.copy())
+
+
+@numba.njit(parallel=True, cache=True)
+def _count_spikes(spikes):
+    """Number of ones in flat uint8 spikes (torch's sum would first copy
+    them to int64)."""
+    count = 0
+    for i in numba.prange(spikes.shape[0]):
+        count += spikes[i]
+    return count
+
+
+@numba.njit(parallel=True, cache=True)
+def _weight_grad_kernel(grad, spikes, partial):
+    """Per row block, partial[block, i] = sum of grad rows with spike i."""
+    n_rows, c_in = spikes.shape
+    n_blocks = partial.shape[0]
+    for block in numba.prange(n_blocks):
+        total = partial[block]
+        total[:] = 0.0
+        for row in range(block * n_rows // n_blocks,
+                         (block + 1) * n_rows // n_blocks):
+            grad_row, spikes_row = grad[row], spikes[row]
+            for i in range(c_in):
+                if spikes_row[i]:
+                    total_i = total[i]
+                    for o in range(grad_row.shape[0]):
+                        total_i[o] += grad_row[o]
 
 
 def _integer_gemm(spikes_u8: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
