@@ -130,15 +130,21 @@ def test_writer_accepts_mixed_signs_with_minimum(tmp_path):
 
 # Lava runs. Each starts Lava's runtime, which can hang.
 
+def reference_and_lava(tmp_path, weight, bias, neuron, spikes):
+    """Output spikes of one layer from the reference and from Lava."""
+    path = tmp_path / "layer.net"
+    write_dense_layer(path, weight, bias, neuron)
+    return (reference_dense(weight, bias, neuron, spikes),
+            run_netx_dense(path, spikes, STEPS))
+
+
 @pytest.mark.timeout(120)
 def test_lava_matches_reference_with_bias(tmp_path):
     weight, bias, spikes = random_layer(1, with_bias=True)
     neuron = {"iDecay": 4096, "vDecay": 1024, "vThMant": 150}
-    path = tmp_path / "layer.net"
-    write_dense_layer(path, weight, bias, neuron)
 
-    expected = reference_dense(weight, bias, neuron, spikes)
-    actual = run_netx_dense(path, spikes, STEPS)
+    expected, actual = reference_and_lava(tmp_path, weight, bias, neuron,
+                                          spikes)
 
     assert expected.sum() > 0
     assert expected.sum() < expected.size
@@ -153,11 +159,9 @@ def test_lava_matches_reference_with_bias(tmp_path):
 def test_lava_matches_reference_decays(tmp_path, i_decay, v_decay):
     weight, _, spikes = random_layer(2, with_bias=False)
     neuron = {"iDecay": i_decay, "vDecay": v_decay, "vThMant": 150}
-    path = tmp_path / "layer.net"
-    write_dense_layer(path, weight, None, neuron)
 
-    expected = reference_dense(weight, None, neuron, spikes)
-    actual = run_netx_dense(path, spikes, STEPS)
+    expected, actual = reference_and_lava(tmp_path, weight, None, neuron,
+                                          spikes)
 
     assert expected.sum() > 0
     assert expected.sum() < expected.size

@@ -191,3 +191,37 @@ def test_heads_input_matches_plain_input():
     (from_rows * grad).sum().backward()
     expected = rows.grad.transpose(1, 2).reshape(2, 5, 4, 3, 6)
     assert torch.equal(y.grad, expected.permute(0, 2, 3, 1, 4))
+
+
+def _fused_attention_neurons(z, y, norm, params):
+    """Spikes and input gradients of a fused-norm, head-split population
+    and of one reading (B, T, H, P, D) input, as the decoder uses them."""
+    z = z.clone().requires_grad_()
+    y = y.clone().requires_grad_()
+    lif = CubaLIF(params)
+    split = lif(z, norm=norm, heads=(2, 2, 3))
+    split_rate = lif.rate
+    plain = lif(y)
+    weights = torch.linspace(-1.0, 1.0, split.numel()).view_as(split)
+    (split * weights).sum().backward(retain_graph=True)
+    (plain.sum() + 7.0 * split_rate + 3.0 * lif.rate).backward()
+    return split, plain, z.grad, y.grad, norm.weight.grad
+
+
+def test_tensor_path_matches_kernels_with_norm_and_heads(monkeypatch):
+    # The tensor-operation path serves GPUs; here it runs on the CPU.
+    torch.manual_seed(9)
+    params = CubaParams(0.5, 1.0, 0.25, 0.01, 10.0)
+    z = torch.randn(2 * 5, 3 * 2 * 3, 4) * 2  # (N, C, T), 2 heads of 3
+    y = torch.randn(2, 4, 2, 5, 3) * 2
+    norms = [torch.nn.BatchNorm1d(18) for _ in range(2)]
+
+    kernel = _fused_attention_neurons(z, y, norms[0], params)
+    monkeypatch.setattr(kernels, "use_kernels", lambda tensor: False)
+    tensor = _fused_attention_neurons(z, y, norms[1], params)
+
+    assert torch.equal(tensor[0], kernel[0])
+    assert torch.equal(tensor[1], kernel[1])
+    for got, expected in zip(tensor[2:], kernel[2:]):
+        assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(norms[1].running_var, norms[0].running_var)

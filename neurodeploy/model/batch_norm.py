@@ -26,8 +26,8 @@ def fusable(norm: nn.Module | None) -> bool:
 
 
 def batch_statistics(norm: nn.BatchNorm1d, x: torch.Tensor) -> tuple:
-    """(weight, bias, mean, invstd) of ``norm`` on (N, T, C) ``x``, and its
-    running statistics updated as BatchNorm1d.forward would."""
+    """Return (weight, bias, mean, invstd) of ``norm`` on (N, T, C) ``x``
+    and update its running statistics as BatchNorm1d.forward would."""
     if not fusable(norm):
         raise ValueError("a fused norm must be an affine BatchNorm1d in "
                          "training mode with running statistics and a "
@@ -45,21 +45,22 @@ def batch_statistics(norm: nn.BatchNorm1d, x: torch.Tensor) -> tuple:
 
 
 def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and biased variance per channel of (N, T, C) ``x``."""
-    if x.is_cuda or not x.is_contiguous():
+    """Return the mean and biased variance per channel of (N, T, C) x."""
+    if not kernels.use_kernels(x) or not x.is_contiguous():
         var, mean = torch.var_mean(x.reshape(-1, x.shape[2]), dim=0,
                                    unbiased=False)
         return mean, var
     total = _sums(x, x) / (x.shape[0] * x.shape[1])
-    # float64 sums of float32 values: E[x^2] - E[x]^2 loses nothing that
-    # float32 statistics would keep.
+    # With float64 sums, E[x^2] - E[x]^2 keeps float32 precision while
+    # |mean| / std stays below about 10^4.
     mean, var = total[0], (total[1] - total[0] ** 2).clamp_(min=0.0)
     return mean.to(x.dtype), var.to(x.dtype)
 
 
 def gradient_sums(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(2, C) float64: sums of grad and of grad * x over (N, T, C)."""
-    if grad.is_cuda:
+    """Return the (2, C) float64 sums of grad and of grad * x over
+    (N, T, C)."""
+    if not kernels.use_kernels(grad):
         return torch.stack([grad.sum((0, 1)),
                             (grad * x).sum((0, 1))]).double()
     return _sums(grad, x)
@@ -73,9 +74,11 @@ def _sums(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def norm_backward(grad_y, sums, x, weight, mean, invstd, out):
-    """BatchNorm1d's training-mode backward: (grad_x, grad_weight,
-    grad_bias) from (N, T, C) ``grad_y`` and ``x`` and the (2, C) sums of
-    grad_y and grad_y * x. grad_x goes to ``out``, which may be grad_y."""
+    """Run BatchNorm1d's training-mode backward pass.
+
+    Returns (grad_x, grad_weight, grad_bias) from (N, T, C) ``grad_y`` and
+    ``x`` and the (2, C) sums of grad_y and grad_y * x. grad_x goes to
+    ``out``, which may be grad_y."""
     n = x.shape[0] * x.shape[1]
     mean64, invstd64 = mean.double(), invstd.double()
     grad_bias = sums[0]
@@ -86,7 +89,7 @@ def norm_backward(grad_y, sums, x, weight, mean, invstd, out):
     offset = -scale * grad_bias / n - slope * mean64
     scale, offset, slope = (v.to(x.dtype) for v in (scale, offset, slope))
 
-    if x.is_cuda:
+    if not kernels.use_kernels(x):
         out.copy_(grad_y * scale + offset + slope * x)
     else:
         kernels.affine_kernel(grad_y.numpy(), x.numpy(), scale.numpy(),

@@ -17,11 +17,12 @@ from torch import nn
 from ..errors import NeurodeployError
 from .batch_norm import fusable
 from .neuron import WEIGHT_SCALE
-from .spike_matmul import SPIKES_UINT8, spike_linear
+from .spike_matmul import (K_MAX, K_MIN, SPIKES_UINT8, WEIGHT_STEP,
+                           spike_linear)
 
-WEIGHT_STEP = 2 / WEIGHT_SCALE  # SLAYER's quantize_8bit: even mantissas
-WEIGHT_MIN = -256 / WEIGHT_SCALE  # 8-bit signed mantissa, exponent 0
-WEIGHT_MAX = 254 / WEIGHT_SCALE
+# SLAYER's 8-bit weight grid: steps of 2/64 from -256/64 to 254/64.
+WEIGHT_MIN = K_MIN * WEIGHT_STEP
+WEIGHT_MAX = K_MAX * WEIGHT_STEP
 
 
 def quantize_weight(weight: torch.Tensor) -> torch.Tensor:

@@ -30,8 +30,22 @@ STATE_SCALE = np.float32(1 << 12)  # SLAYER's s_scale (see neuron.py)
 ROW_BLOCKS = 64  # parallel work items per call
 
 
+def use_kernels(tensor) -> bool:
+    """Tell whether ``tensor`` goes through these kernels: CPU tensors do,
+    others take the tensor-operation versions in neuron.py and
+    batch_norm.py."""
+    return tensor.device.type == "cpu"
+
+
 def row_blocks(n_rows: int) -> int:
+    """Return the number of parallel row blocks for ``n_rows`` rows."""
     return max(1, min(n_rows, ROW_BLOCKS))
+
+
+@numba.njit(inline="always")
+def _block_range(block, n_rows, n_blocks):
+    """Return the first and one-past-last row of row block ``block``."""
+    return block * n_rows // n_blocks, (block + 1) * n_rows // n_blocks
 
 
 @numba.njit(inline="always")
@@ -109,17 +123,16 @@ def _integrate_row(x, scale, shift, current, voltage, volts, spikes,
 def forward_kernel(x, x_shape, spikes, spikes_shape, spikes_u8, scale,
                    shift, counts, current_keep, voltage_keep,
                    threshold_state):
-    """Spikes of flat 6-D inputs into flat 6-D ``spikes``; spike counts
-    per row block. A non-empty ``spikes_u8`` receives the spikes of a
-    plain layout once more, as uint8, for an integer GEMM."""
+    """Write the spikes of flat 6-D inputs to flat 6-D ``spikes`` and the
+    spike count of each row block to ``counts``. A non-empty ``spikes_u8``
+    receives the spikes of a plain layout once more, as uint8."""
     n_rows = x_shape[1] * x_shape[4]
     n_steps, n_channels = x_shape[2], scale.shape[0]
     x_plain, spikes_plain = _is_plain(x_shape), _is_plain(spikes_shape)
     n_blocks = counts.shape[0]
     block_rows = -(-n_rows // n_blocks)
     for block in numba.prange(n_blocks):
-        first = block * n_rows // n_blocks
-        last = (block + 1) * n_rows // n_blocks
+        first, last = _block_range(block, n_rows, n_blocks)
         current = np.empty(n_channels)
         voltage = np.empty(n_channels)
         volts = np.empty((n_steps, n_channels), np.float32)  # not needed
@@ -154,7 +167,7 @@ def backward_kernel(grad_spikes, grad_shape, grad_count, x, x_shape, scale,
                     shift, grad_x, sums, n_blocks, current_keep,
                     voltage_keep, threshold_state, threshold, inv_tau_rho,
                     rho_peak):
-    """Gradient with respect to the neuron input, in the layout of ``x``.
+    """Write the gradient of the neuron input to ``grad_x`` (layout of x).
 
     Back-propagates through spike, voltage and current as SLAYER does
     (surrogate rho_peak * exp(-|v - threshold| / tau_rho), no reset term).
@@ -174,8 +187,7 @@ def backward_kernel(grad_spikes, grad_shape, grad_count, x, x_shape, scale,
     grad_count = np.float32(grad_count)
     block_rows = -(-n_rows // n_blocks)
     for block in numba.prange(n_blocks):
-        first = block * n_rows // n_blocks
-        last = (block + 1) * n_rows // n_blocks
+        first, last = _block_range(block, n_rows, n_blocks)
         current = np.empty(n_channels)
         voltage = np.empty(n_channels)
         volts = np.empty((n_steps, n_channels), np.float32)
@@ -230,8 +242,8 @@ def backward_kernel(grad_spikes, grad_shape, grad_count, x, x_shape, scale,
 
 @numba.njit(inline="always")
 def _exp_neg(v, threshold, inv_tau, mantissa, exponent):
-    """exp(-y), y = |v - threshold| * inv_tau, for a float32 row ``v``, as
-    ``mantissa * exponent.view(float32)``.
+    """Compute exp(-y), y = |v - threshold| * inv_tau, for a float32 row
+    ``v``, as ``mantissa * exponent.view(float32)``.
 
     Cody-Waite reduction y = n ln 2 - r with |r| <= ln 2 / 2, a degree-6
     Taylor polynomial for exp(r) and 2**-n built from its IEEE-754 bits:
@@ -253,13 +265,14 @@ def _exp_neg(v, threshold, inv_tau, mantissa, exponent):
 
 @numba.njit(parallel=True, cache=True)
 def affine_kernel(x, y, scale, offset, slope, out, n_blocks):
-    """out = x * scale + offset + slope * y per channel, (N, T, C) arrays;
-    ``out`` may be ``x``. The batch-norm backward once its sums are
-    known, and with slope 0 its forward."""
+    """Write out = x * scale + offset + slope * y per channel.
+
+    All arrays are (N, T, C), and ``out`` may be ``x``. This is the
+    batch-norm backward pass once its sums are known."""
     n_rows, n_steps, n_channels = x.shape
     for block in numba.prange(n_blocks):
-        for row in range(block * n_rows // n_blocks,
-                         (block + 1) * n_rows // n_blocks):
+        first, last = _block_range(block, n_rows, n_blocks)
+        for row in range(first, last):
             for t in range(n_steps):
                 x_t, y_t, out_t = x[row, t], y[row, t], out[row, t]
                 for c in range(n_channels):
@@ -274,8 +287,8 @@ def sums_kernel(x, y, sums, n_blocks):
     ``x`` and ``y`` are (N, T, C), ``sums`` is (n_blocks, 2, C)."""
     n_rows, n_steps, n_channels = x.shape
     for block in numba.prange(n_blocks):
-        for row in range(block * n_rows // n_blocks,
-                         (block + 1) * n_rows // n_blocks):
+        first, last = _block_range(block, n_rows, n_blocks)
+        for row in range(first, last):
             for t in range(n_steps):
                 x_t, y_t = x[row, t], y[row, t]
                 for c in range(n_channels):

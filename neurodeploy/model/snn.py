@@ -122,8 +122,8 @@ def attend_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 def _causal_weights(n_positions: int, shift: int, position_shift: bool,
                     device) -> torch.Tensor:
-    """The causal mask and the per-query power-of-two scale in one (P, P)
-    matrix. All factors are spikes, integers and powers of two, so scaling
+    """Return the causal mask and the per-query power-of-two scale as one
+    (P, P) matrix. All factors are spikes, integers and powers of two, so scaling
     A before the product equals scaling A V after it, exactly."""
     causal = torch.ones(n_positions, n_positions, device=device).tril()
     scale = torch.exp2(-attention_shifts(n_positions, shift, position_shift,
@@ -148,9 +148,11 @@ def _bf16_matmul() -> bool:
 
 class _SplitAttention(torch.autograd.Function):
     """``attend_heads`` on Q|K|V spikes split into heads, (3, B, T, H, P,
-    D), as the neuron kernel writes them. The backward pass writes the
-    three gradients into one tensor of that layout, which the neuron
-    kernel reads; autograd would stack them in a copy of its own."""
+    D), as the neuron kernel writes them.
+
+    The backward pass writes the three gradients into one tensor of that
+    layout, which the neuron kernel reads. Autograd would stack them in a
+    copy of its own."""
 
     @staticmethod
     def forward(ctx, qkv, shift, position_shift):

@@ -30,14 +30,14 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-# Attribute of a spike tensor that holds its uint8 copy, (N, T, C), when
+# Attribute of a spike tensor that contains its uint8 copy, (N, T, C), when
 # the neuron kernel wrote one (``neuron.cuba_lif_count``).
 SPIKES_UINT8 = "neurodeploy_uint8"
 WEIGHT_STEP = 1 / 32  # SLAYER's quantize_8bit: mantissa steps of 2/64
 K_MIN, K_MAX = -128, 127  # 8-bit signed mantissa (of 2/64), exponent 0
-# Firing rate below which the sparse weight gradient beats the dense GEMM
-# (equal near 0.2 on 2 AVX-512 cores; `python benchmarks/train_bench.py`
-# times both, docs/benchmarks.md has the figures).
+# Firing rate below which the sparse weight gradient beats the dense GEMM.
+# Both take equal time near 0.2 on 2 AVX-512 cores, as timed by
+# `python benchmarks/train_bench.py` (figures in docs/benchmarks.md).
 SPARSE_RATE = 0.15
 WEIGHT_GRAD_BLOCKS = 4  # row blocks, each with its own accumulator
 
@@ -120,7 +120,8 @@ def _count_spikes(spikes):
 
 @numba.njit(parallel=True, cache=True)
 def _weight_grad_kernel(grad, spikes, partial):
-    """Per row block, partial[block, i] = sum of grad rows with spike i."""
+    """Write, per row block, partial[block, i] = the sum of the grad rows
+    whose spike i is 1."""
     n_rows, c_in = spikes.shape
     n_blocks = partial.shape[0]
     for block in numba.prange(n_blocks):
@@ -154,7 +155,7 @@ def _weight_quantization(c_out: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @functools.cache
 def integer_gemm_works() -> bool:
-    """Whether the oneDNN integer GEMM exists here and is exact.
+    """Tell whether the oneDNN integer GEMM exists here and is exact.
 
     Checked once per process on a product whose sums reach the int16
     range, against float64.
