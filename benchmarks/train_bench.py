@@ -111,6 +111,45 @@ def neuron_speed(rounds: int) -> dict:
     return {name: 1000 * statistics.median(t[1:]) for name, t in times.items()}
 
 
+PROFILE_PARTS = (  # (part, substring of torch.profiler's event name)
+    ("neuron kernels", "_Cuba"),
+    ("float32 matrix products (backward)", "aten::mm"),
+    ("int8 matrix products (forward)", "qlinear"),
+    ("attention products", "bmm"),
+    ("batch norms left in torch", "batch_norm"),
+    ("copies", "copy"),
+)
+
+
+def profile_shares(spec_name: str, steps: int) -> dict:
+    """Percent of a spiking training step's operator time by part."""
+    from torch.profiler import profile
+
+    from neurodeploy.model import build_model
+    from neurodeploy.spec import load_spec
+
+    spec = load_spec(spec_name)
+    torch.manual_seed(0)
+    model = build_model(spec.model, 65)
+    optimizer = torch.optim.AdamW(model.parameters())
+    x = torch.randint(0, 65, (spec.train.batch_size, spec.model.context))
+    for _ in range(3):  # warm-up
+        step_seconds(model, optimizer, x, x)
+    with profile() as recorded:
+        for _ in range(steps):
+            step_seconds(model, optimizer, x, x)
+
+    shares = dict.fromkeys([part for part, _ in PROFILE_PARTS] + ["rest"],
+                           0.0)
+    for event in recorded.key_averages():
+        part = next((name for name, key in PROFILE_PARTS
+                     if key in event.key), "rest")
+        shares[part] += event.self_cpu_time_total
+    total = sum(shares.values())
+    return {part: round(100 * value / total, 1)
+            for part, value in shares.items()}
+
+
 def weight_grad_speed(rounds: int) -> dict:
     """Milliseconds of the weight gradient G^T S of a (8192, 128) -> 384
     SpikeLinear, dense GEMM against the sparse kernel, by firing rate."""
@@ -194,6 +233,8 @@ def main() -> None:
                         help="also run full trainings of both models")
     parser.add_argument("--single", action="store_true",
                         help="one process's throughput only (internal)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile 10 spiking training steps")
     parser.add_argument("--checkpoint",
                         help="also time training steps of this trained "
                         "spiking checkpoint, sparse weight gradients on "
@@ -211,6 +252,8 @@ def main() -> None:
         "neuron_ms": neuron_speed(args.rounds),
         "weight_grad_ms": weight_grad_speed(10),
     }
+    if args.profile:
+        report["profile_percent"] = profile_shares(args.model, 10)
     if args.checkpoint:
         report["trained_step_ms"] = trained_step_speed(args.checkpoint,
                                                        args.rounds)
