@@ -3,8 +3,8 @@
 A SpikeLinear layer reads 0/1 spikes and SLAYER's 8-bit weights, which
 are integers k in [-128, 127] times 1/32. Its forward product is then an
 integer sum, and a uint8 x int8 GEMM with int32 accumulation computes it
-exactly, and in about half the time of a float32 GEMM of the same size
-in a training step on 2 AVX-512 cores (docs/benchmarks.md).
+exactly. In a training step on 2 AVX-512 cores it takes about half the
+time of a float32 GEMM of the same size (docs/benchmarks.md).
 The backward products take float gradients and stay in float32, so
 training computes the same values as the float path (to float32 rounding
 of the sums, which the integer path does not have).
