@@ -25,9 +25,31 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.core.codegen import get_host_cpu_features
 
 STATE_SCALE = np.float32(1 << 12)  # SLAYER's s_scale (see neuron.py)
 ROW_BLOCKS = 64  # parallel work items per call
+
+
+def prefer_wide_vectors() -> None:
+    """Let LLVM vectorise with 512-bit registers on CPUs with AVX-512.
+
+    LLVM tunes for Intel cores with AVX-512 to prefer 256-bit vectors
+    (its ``prefer-256-bit`` feature, to avoid the clock drop of older
+    cores). These kernels gain from 512-bit ones: on 2 Sapphire Rapids
+    cores the neuron's forward and backward passes run about 25 % faster
+    (docs/benchmarks.md). Takes effect when it runs before numba compiles
+    or loads its first function in the process; a ``NUMBA_CPU_FEATURES``
+    set by the user wins.
+    """
+    if numba.config.CPU_FEATURES is not None:
+        return
+    features = get_host_cpu_features()
+    if "+avx512f" in features.split(","):
+        numba.config.CPU_FEATURES = features + ",-prefer-256-bit"
+
+
+prefer_wide_vectors()
 
 
 def use_kernels(tensor) -> bool:

@@ -29,6 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# Imported first for its numba settings (see prefer_wide_vectors).
+from . import neuron_kernels  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 # Attribute of a spike tensor that contains its uint8 copy, (N, T, C), when
