@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,7 @@ def train(spec: Spec, corpus_path: str | None, out_dir: str | Path,
     log.info("corpus: %d training and %d validation tokens, vocabulary %d",
              len(corpus.train), len(corpus.val), tokenizer.vocab_size)
 
+    _check_memory(spec, device)
     torch.manual_seed(spec.train.seed)
     model = build_model(spec.model, tokenizer.vocab_size).to(device)
     optimizer = make_optimizer(model, spec)
@@ -165,7 +167,18 @@ def train(spec: Spec, corpus_path: str | None, out_dir: str | Path,
     if start >= end:
         log.info("%s is already at step %d of %d; nothing to train",
                  checkpoint_path, start, spec.train.steps)
-    train_seconds = run.loop(start, end, progress)
+    try:
+        train_seconds = run.loop(start, end, progress)
+    except RuntimeError as error:  # torch.cuda.OutOfMemoryError included
+        if "can't allocate memory" not in str(error) \
+                and "out of memory" not in str(error):
+            raise
+        raise NeurodeployError(
+            f"out of memory in a training step of batch_size="
+            f"{spec.train.batch_size} x context={spec.model.context} on "
+            f"{device}: {str(error).splitlines()[0]}; lower batch_size, "
+            f"context or d_model (--set batch_size=...); checkpoints "
+            f"already written are intact") from None
     metrics = history[-1] if history else dataclasses.asdict(
         evaluate(model, corpus, spec, device))
 
@@ -182,6 +195,41 @@ def train(spec: Spec, corpus_path: str | None, out_dir: str | Path,
         "train_seconds": train_seconds,
         "checkpoint": str(checkpoint_path),
     }
+
+
+def _check_memory(spec: Spec, device: str) -> None:
+    """Refuse a spiking model whose attention scores alone exceed the
+    device's memory, before training starts.
+
+    The scores of one layer, (batch, T, heads, context, context) float32,
+    stay alive for the backward pass, so every layer holds one such tensor
+    at the peak: a lower bound of the memory a step needs.
+    """
+    if spec.model.arch != "snn":
+        return
+    m = spec.model
+    per_layer = 4 * spec.train.batch_size * m.time_steps * m.n_heads \
+        * m.context ** 2
+    needed = m.n_layers * per_layer
+    available = _device_memory(device)
+    if needed <= available:
+        return
+    fits = math.isqrt(int(available / (needed / m.context ** 2)))
+    fix = f"they alone fill it above context={fits}: lower context well " \
+        f"below that, or batch_size" if fits > 1 else "lower batch_size"
+    raise NeurodeployError(
+        f"batch_size={spec.train.batch_size} and context={m.context} need "
+        f"at least {needed / 2**30:.2f} GiB for the attention scores of "
+        f"{m.n_layers} layers (batch x T x heads x context^2 x 4 bytes "
+        f"each), more than the {available / 2**30:.2f} GiB of {device}; "
+        f"{fix}")
+
+
+def _device_memory(device: str) -> int:
+    """Bytes of memory of ``device``: the GPU's, or the machine's RAM."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _new_tokenizer(spec: Spec, text: str):

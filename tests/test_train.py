@@ -208,3 +208,37 @@ def test_rate_penalty_lowers_firing(tiny_spec, corpus_file, tmp_path):
                             generator=torch.Generator().manual_seed(0)))
         rates.append(firing_rate(model).item())
     assert rates[1] < rates[0]
+
+
+def test_attention_too_large_for_memory_fails_before_training(
+        tiny_spec, corpus_file, tmp_path, monkeypatch):
+    from neurodeploy import train as trainer
+
+    monkeypatch.setattr(trainer, "_device_memory", lambda device: 2**14)
+    with pytest.raises(NeurodeployError,
+                       match=r"batch_size=\d+ and context=\d+ need at least"
+                             r".*above context=\d+: lower context"):
+        train(tiny_spec, str(corpus_file), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_out_of_memory_in_a_step_keeps_checkpoints(tiny_spec, corpus_file,
+                                                   tmp_path, monkeypatch):
+    from neurodeploy import train as trainer
+
+    train(tiny_spec, str(corpus_file), tmp_path, progress=False,
+          stop_after=2)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+
+    def allocation_fails(self, step):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:114] "
+                           "DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 1099511627776 bytes.")
+
+    monkeypatch.setattr(trainer._Run, "step", allocation_fails)
+    with pytest.raises(NeurodeployError,
+                       match=r"out of memory .*batch_size=\d+ x context="
+                             r"\d+.*intact"):
+        train(tiny_spec, str(corpus_file), tmp_path, resume=True,
+              progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
