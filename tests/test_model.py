@@ -210,6 +210,24 @@ def test_integer_gemm_equals_float_product(rate):
     assert (weight.grad != 0).any()
 
 
+def test_quantized_mantissa_equals_quantize_weight():
+    from neurodeploy.model.spike_matmul import WEIGHT_STEP, quantized_mantissa
+    torch.manual_seed(11)
+    # Ties half-way between grid points, values beyond both ends, noise.
+    ties = (torch.arange(-300, 300, dtype=torch.float32) + 0.5) / 32
+    weight = torch.cat([ties, torch.randn(400) * 3]).view(40, 25)
+    weight.requires_grad_()
+
+    k, weight_q, in_range = quantized_mantissa(weight)
+    expected = quantize_weight(weight)
+    expected.sum().backward()
+
+    assert k.dtype == torch.int8
+    assert torch.equal(weight_q, expected.detach())
+    assert torch.equal(k.float() * WEIGHT_STEP, weight_q)
+    assert torch.equal(in_range, weight.grad != 0)
+
+
 def test_split_attention_equals_autograd_attention():
     from neurodeploy.model.snn import _SplitAttention, attend_heads
     torch.manual_seed(10)

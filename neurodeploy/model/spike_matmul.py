@@ -47,12 +47,32 @@ WEIGHT_GRAD_BLOCKS = 4  # row blocks, each with its own accumulator
 
 
 def quantized_mantissa(weight: torch.Tensor) -> tuple[torch.Tensor,
+                                                      torch.Tensor,
                                                       torch.Tensor]:
-    """Return (k, in_range): weight rounded to k / 32 with k clamped to
-    8 bits, and where the clamp let the gradient through."""
-    k = torch.round(weight * (1 / WEIGHT_STEP))  # exact: a power of two
-    in_range = (k >= K_MIN).logical_and_(k <= K_MAX)
-    return k.clamp_(K_MIN, K_MAX), in_range
+    """Return (k, weight_q, in_range) for a float32 CPU ``weight``: k, the
+    int8 mantissa of weight rounded to k / 32 (half to even) and clamped
+    to 8 bits; weight_q = k / 32 in float32; and where the clamp let the
+    gradient through. One compiled pass, where tensor operations took
+    six."""
+    weight = weight.detach().contiguous()
+    k = torch.empty(weight.shape, dtype=torch.int8)
+    weight_q = torch.empty_like(weight)
+    in_range = torch.empty(weight.shape, dtype=torch.bool)
+    _quantize_kernel(weight.numpy().ravel(), k.numpy().ravel(),
+                     weight_q.numpy().ravel(), in_range.numpy().ravel())
+    return k, weight_q, in_range
+
+
+@numba.njit(cache=True)
+def _quantize_kernel(weight, k, weight_q, in_range):
+    for i in range(weight.shape[0]):
+        # Times 32 is exact in float32; np.round rounds half to even, as
+        # torch.round in layers.quantize_weight does.
+        scaled = np.round(weight[i] * np.float32(1 / WEIGHT_STEP))
+        in_range[i] = K_MIN <= scaled <= K_MAX
+        clamped = min(max(scaled, np.float32(K_MIN)), np.float32(K_MAX))
+        k[i] = np.int8(clamped)
+        weight_q[i] = clamped * np.float32(WEIGHT_STEP)
 
 
 def spike_linear(spikes: torch.Tensor, weight: torch.Tensor,
@@ -74,16 +94,16 @@ def spike_linear(spikes: torch.Tensor, weight: torch.Tensor,
 class _SpikeLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spikes, weight, spikes_u8):
-        k, in_range = quantized_mantissa(weight.detach())
+        k, weight_q, in_range = quantized_mantissa(weight)
         if spikes_u8 is None:
             spikes_u8 = spikes.to(torch.uint8)
-        out = _integer_gemm(spikes_u8, k.to(torch.int8))
+        out = _integer_gemm(spikes_u8, k)
         # The uint8 spikes for a sparse weight gradient, else the float
         # spikes for the dense GEMM.
         ctx.sparse = _count_spikes(spikes_u8.numpy().ravel()) \
             < SPARSE_RATE * spikes.numel()
         ctx.save_for_backward(spikes_u8 if ctx.sparse else spikes,
-                              k.mul_(WEIGHT_STEP), in_range)
+                              weight_q, in_range)
         return out
 
     @staticmethod
