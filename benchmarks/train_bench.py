@@ -3,6 +3,7 @@ ANN baseline side by side, and print the tables for docs/benchmarks.md.
 
     python benchmarks/train_bench.py                 # throughput, ~1 minute
     python benchmarks/train_bench.py --quality       # + full demo trainings
+    python benchmarks/train_bench.py --training      # + both trained in step
 
 Throughput alternates SNN and ANN steps in one process (A B A B ...), so
 both see the same machine state, and repeats that in several fresh
@@ -111,22 +112,35 @@ def neuron_speed(rounds: int) -> dict:
     return {name: 1000 * statistics.median(t[1:]) for name, t in times.items()}
 
 
-PROFILE_PARTS = (  # (part, substring of torch.profiler's event name)
-    ("neuron kernels", "_Cuba"),
-    ("float32 matrix products (backward)", "aten::mm"),
-    ("int8 matrix products (forward)", "qlinear"),
-    ("attention products", "bmm"),
-    ("batch norms left in torch", "batch_norm"),
-    ("copies", "copy"),
-)
-
-
 def profile_shares(spec_name: str, steps: int) -> dict:
-    """Percent of a spiking training step's operator time by part."""
-    from torch.profiler import profile
-
-    from neurodeploy.model import build_model
+    """Percent of a spiking training step by part, timed around the parts'
+    own functions with perf_counter (torch.profiler's overhead skews the
+    shares of short operators)."""
+    from neurodeploy.model import build_model, neuron, snn, spike_matmul
     from neurodeploy.spec import load_spec
+
+    parts = {  # part: (autograd function, "forward" or "backward")
+        "neuron kernels, forward": (neuron._CubaFunction, "forward"),
+        "neuron kernels and fused norms, backward":
+            (neuron._CubaFunction, "backward"),
+        "int8 products of spikes and weights, forward":
+            (spike_matmul._SpikeLinear, "forward"),
+        "float32 products, backward": (spike_matmul._SpikeLinear,
+                                       "backward"),
+        "attention products, forward": (snn._SplitAttention, "forward"),
+        "attention products, backward": (snn._SplitAttention, "backward"),
+    }
+    seconds = dict.fromkeys(parts, 0.0)
+    originals = {name: getattr(cls, method)
+                 for name, (cls, method) in parts.items()}
+
+    def timed(name, function):
+        def run(*args):
+            began = time.perf_counter()
+            result = function(*args)
+            seconds[name] += time.perf_counter() - began
+            return result
+        return staticmethod(run)
 
     spec = load_spec(spec_name)
     torch.manual_seed(0)
@@ -135,19 +149,20 @@ def profile_shares(spec_name: str, steps: int) -> dict:
     x = torch.randint(0, 65, (spec.train.batch_size, spec.model.context))
     for _ in range(3):  # warm-up
         step_seconds(model, optimizer, x, x)
-    with profile() as recorded:
-        for _ in range(steps):
-            step_seconds(model, optimizer, x, x)
+    for name, (cls, method) in parts.items():
+        setattr(cls, method, timed(name, originals[name]))
+    try:
+        total = sum(step_seconds(model, optimizer, x, x)
+                    for _ in range(steps))
+    finally:
+        for name, (cls, method) in parts.items():
+            setattr(cls, method, staticmethod(originals[name]))
 
-    shares = dict.fromkeys([part for part, _ in PROFILE_PARTS] + ["rest"],
-                           0.0)
-    for event in recorded.key_averages():
-        part = next((name for name, key in PROFILE_PARTS
-                     if key in event.key), "rest")
-        shares[part] += event.self_cpu_time_total
-    total = sum(shares.values())
-    return {part: round(100 * value / total, 1)
-            for part, value in shares.items()}
+    shares = {name: 100 * value / total for name, value in seconds.items()}
+    shares["the rest: torch batch norms, adds, optimizer, Python"] = \
+        100 - sum(shares.values())
+    shares = {name: round(value, 1) for name, value in shares.items()}
+    return {"step_ms": round(1000 * total / steps, 1), "percent": shares}
 
 
 def weight_grad_speed(rounds: int) -> dict:
@@ -224,6 +239,54 @@ def quality(spec_name: str) -> dict:
     return results
 
 
+def training_throughput(spec_name: str, window: int = 100) -> dict:
+    """Train both architectures on the bundled corpus with the trainer's
+    own steps (schedule, rate penalty, clipping), alternating one SNN and
+    one ANN step for the spec's whole schedule; validation excluded.
+
+    Returns tokens per second over the run and the SNN/ANN ratio per
+    ``window`` steps: firing rates, and with them the spiking step's
+    cost, change as the model trains."""
+    from neurodeploy import data
+    from neurodeploy.model import build_model
+    from neurodeploy.model.neuron import compile_kernels
+    from neurodeploy.spec import apply_overrides, load_spec
+    from neurodeploy.train import _new_tokenizer, _Run, make_optimizer
+
+    runs = {}
+    for arch in ("snn", "ann"):
+        spec = apply_overrides(load_spec(spec_name), [f"arch='{arch}'"])
+        text, raw = data.read_corpus(None, spec.model.tokenizer)
+        tokenizer = _new_tokenizer(spec, text)
+        corpus = data.split_corpus(text, raw, tokenizer, spec.model.context,
+                                   spec.train.validation_fraction)
+        torch.manual_seed(spec.train.seed)
+        model = build_model(spec.model, tokenizer.vocab_size)
+        model.train()
+        runs[arch] = _Run(spec, model, make_optimizer(model, spec), corpus,
+                          tokenizer, "cpu", None, [], None)
+    compile_kernels()
+
+    times = {arch: [] for arch in runs}
+    for step in range(spec.train.steps):
+        for arch, run in runs.items():
+            began = time.perf_counter()
+            run.step(step)
+            times[arch].append(time.perf_counter() - began)
+
+    tokens = spec.train.batch_size * spec.model.context
+    snn, ann = times["snn"], times["ann"]
+    windows = [sum(ann[i:i + window]) / sum(snn[i:i + window])
+               for i in range(0, len(snn), window)]
+    return {
+        "steps": spec.train.steps,
+        "snn": tokens * len(snn) / sum(snn),
+        "ann": tokens * len(ann) / sum(ann),
+        "ratio": sum(ann) / sum(snn),
+        f"ratio_per_{window}_steps": windows,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo")
@@ -231,10 +294,13 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=5)
     parser.add_argument("--quality", action="store_true",
                         help="also run full trainings of both models")
+    parser.add_argument("--training", action="store_true",
+                        help="also train both models step by step in turn "
+                        "and time the whole run (~4 minutes)")
     parser.add_argument("--single", action="store_true",
                         help="one process's throughput only (internal)")
     parser.add_argument("--profile", action="store_true",
-                        help="also profile 10 spiking training steps")
+                        help="also time the parts of 20 spiking training steps")
     parser.add_argument("--checkpoint",
                         help="also time training steps of this trained "
                         "spiking checkpoint, sparse weight gradients on "
@@ -253,10 +319,12 @@ def main() -> None:
         "weight_grad_ms": weight_grad_speed(10),
     }
     if args.profile:
-        report["profile_percent"] = profile_shares(args.model, 10)
+        report["profile"] = profile_shares(args.model, 20)
     if args.checkpoint:
         report["trained_step_ms"] = trained_step_speed(args.checkpoint,
                                                        args.rounds)
+    if args.training:
+        report["training"] = training_throughput(args.model)
     if args.quality:
         report["quality"] = quality(args.model)
     print(json.dumps(report, indent=2))
