@@ -3,7 +3,7 @@ ANN baseline side by side, and print the tables for docs/benchmarks.md.
 
     python benchmarks/train_bench.py                 # throughput, ~1 minute
     python benchmarks/train_bench.py --quality       # + full demo trainings
-    python benchmarks/train_bench.py --training      # + both trained in step
+    python benchmarks/train_bench.py --training      # + a whole training of both
 
 Throughput alternates SNN and ANN steps in one process (A B A B ...), so
 both see the same machine state, and repeats that in several fresh
@@ -241,12 +241,13 @@ def quality(spec_name: str) -> dict:
 
 def training_throughput(spec_name: str, window: int = 100) -> dict:
     """Train both architectures on the bundled corpus with the trainer's
-    own steps (schedule, rate penalty, clipping), alternating one SNN and
-    one ANN step for the spec's whole schedule; validation excluded.
+    own step (schedule, rate penalty, clipping), one SNN step and one ANN
+    step in turn, through the spec's whole schedule. Validation is left
+    out.
 
-    Returns tokens per second over the run and the SNN/ANN ratio per
-    ``window`` steps: firing rates, and with them the spiking step's
-    cost, change as the model trains."""
+    Return tokens per second over the run and the SNN/ANN ratio per
+    ``window`` steps. The spiking step's cost follows its firing rates,
+    which change as the model trains."""
     from neurodeploy import data
     from neurodeploy.model import build_model
     from neurodeploy.model.neuron import compile_kernels

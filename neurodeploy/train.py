@@ -202,7 +202,7 @@ def _check_memory(spec: Spec, device: str) -> None:
     device's memory, before training starts.
 
     The scores of one layer, (batch, T, heads, context, context) float32,
-    stay alive for the backward pass, so every layer holds one such tensor
+    stay alive for the backward pass, so every layer keeps one such tensor
     at the peak: a lower bound of the memory a step needs.
     """
     if spec.model.arch != "snn":

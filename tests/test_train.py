@@ -210,8 +210,8 @@ def test_rate_penalty_lowers_firing(tiny_spec, corpus_file, tmp_path):
     assert rates[1] < rates[0]
 
 
-def test_attention_too_large_for_memory_fails_before_training(
-        tiny_spec, corpus_file, tmp_path, monkeypatch):
+def test_attention_over_memory_rejected(tiny_spec, corpus_file, tmp_path,
+                                        monkeypatch):
     from neurodeploy import train as trainer
 
     monkeypatch.setattr(trainer, "_device_memory", lambda device: 2**14)
@@ -222,8 +222,8 @@ def test_attention_too_large_for_memory_fails_before_training(
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-def test_out_of_memory_in_a_step_keeps_checkpoints(tiny_spec, corpus_file,
-                                                   tmp_path, monkeypatch):
+def test_step_out_of_memory_keeps_checkpoint(tiny_spec, corpus_file,
+                                             tmp_path, monkeypatch):
     from neurodeploy import train as trainer
 
     train(tiny_spec, str(corpus_file), tmp_path, progress=False,
