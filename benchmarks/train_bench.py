@@ -3,7 +3,7 @@ ANN baseline side by side, and print the tables for docs/benchmarks.md.
 
     python benchmarks/train_bench.py                 # throughput, ~1 minute
     python benchmarks/train_bench.py --quality       # + full demo trainings
-    python benchmarks/train_bench.py --training      # + a whole training of both
+    python benchmarks/train_bench.py --training      # + both, whole schedule
 
 Throughput alternates SNN and ANN steps in one process (A B A B ...), so
 both see the same machine state, and repeats that in several fresh
@@ -301,7 +301,7 @@ def main() -> None:
     parser.add_argument("--single", action="store_true",
                         help="one process's throughput only (internal)")
     parser.add_argument("--profile", action="store_true",
-                        help="also time the parts of 20 spiking training steps")
+                        help="also time the parts of 20 spiking steps")
     parser.add_argument("--checkpoint",
                         help="also time training steps of this trained "
                         "spiking checkpoint, sparse weight gradients on "
