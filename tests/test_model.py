@@ -71,6 +71,26 @@ def test_learned_encoder_gets_surrogate_gradient(tiny_spec):
     assert encoder.position_table.grad.abs().sum() > 0
 
 
+def test_encoder_gradient_is_deterministic(tiny_spec):
+    # Large enough for the parallel paths of PyTorch's scatter-adds, where
+    # indexing's backward added rows in a varying order.
+    model = apply_overrides(tiny_spec, ["d_model=128", "context=64",
+                                        "d_position=16"]).model
+    torch.manual_seed(0)
+    encoder = SpikeEncoder(VOCAB, model)
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, VOCAB, (64, 64), generator=generator)
+    grad = torch.randn(64, 64, 128, generator=generator)
+
+    grads = []
+    for _ in range(5):
+        encoder.zero_grad()
+        (encoder(tokens) * grad).sum().backward()
+        grads.append(encoder.token_table.grad.clone())
+    for other in grads[1:]:
+        assert torch.equal(other, grads[0])
+
+
 def test_attention_shape_and_gradient(tiny_spec):
     torch.manual_seed(0)
     spec = apply_overrides(tiny_spec, ["attention_shift=0"])
