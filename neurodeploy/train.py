@@ -5,7 +5,7 @@ Every random draw of step ``i`` comes from generators seeded with
 the uninterrupted run exactly.
 
 Two runs of one seed on one machine give the same weights bit for bit
-(tested on small models; two 600-step runs of the demo spec matched too).
+(tested on small models; two 1500-step runs of the demo spec matched too).
 """
 
 from __future__ import annotations
