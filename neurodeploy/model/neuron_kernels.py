@@ -34,13 +34,12 @@ ROW_BLOCKS = 64  # parallel work items per call
 def prefer_wide_vectors() -> None:
     """Let LLVM vectorise with 512-bit registers on CPUs with AVX-512.
 
-    LLVM tunes for Intel cores with AVX-512 to prefer 256-bit vectors
-    (its ``prefer-256-bit`` feature, to avoid the clock drop of older
-    cores). These kernels gain from 512-bit ones: on 2 Sapphire Rapids
-    cores the neuron's forward and backward passes run about 25 % faster
-    (docs/benchmarks.md). Takes effect when it runs before numba compiles
-    or loads its first function in the process; a ``NUMBA_CPU_FEATURES``
-    set by the user wins.
+    LLVM's tuning for Intel cores with AVX-512 prefers 256-bit vectors
+    (its ``prefer-256-bit`` feature). These kernels gain from 512-bit
+    ones: on 2 Sapphire Rapids cores the SNN/ANN throughput ratio of
+    ``benchmarks/train_bench.py`` rose from 0.198 to 0.218. This takes
+    effect only before numba compiles or loads its first function in the
+    process, and a ``NUMBA_CPU_FEATURES`` set by the user wins.
     """
     if numba.config.CPU_FEATURES is not None:
         return
