@@ -225,3 +225,19 @@ def test_tensor_path_matches_kernels_with_norm_and_heads(monkeypatch):
     for got, expected in zip(tensor[2:], kernel[2:]):
         assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
     assert torch.allclose(norms[1].running_var, norms[0].running_var)
+
+
+def test_kernels_use_512_bit_vectors_with_avx512():
+    import os
+
+    from numba.core.codegen import get_host_cpu_features
+
+    features = numba.config.CPU_FEATURES
+    if "NUMBA_CPU_FEATURES" in os.environ:  # the user's choice is kept
+        assert features == os.environ["NUMBA_CPU_FEATURES"]
+        return
+    host = get_host_cpu_features()
+    if "+avx512f" in host.split(","):
+        assert features == host + ",-prefer-256-bit"
+    else:
+        assert features is None
