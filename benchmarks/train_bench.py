@@ -1,5 +1,10 @@
-"""Measure training throughput and quality of the spiking decoder and its
-ANN baseline side by side, and print the tables for docs/benchmarks.md.
+"""Measure the training throughput of the spiking decoder and its ANN.
+
+Prints one JSON report, whose figures docs/benchmarks.md quotes. It
+gives the tokens per second of both models and their ratio, the neuron's
+speed against SLAYER's and the weight gradient's speed by firing rate.
+Options add a profile, a trained checkpoint's step time and full
+trainings.
 
     python benchmarks/train_bench.py                 # throughput, ~1 minute
     python benchmarks/train_bench.py --quality       # + full demo trainings
@@ -15,6 +20,7 @@ quote; the range shows the spread.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -89,7 +95,8 @@ def throughput_in_processes(spec_name: str, rounds: int,
 
 def neuron_speed(rounds: int) -> dict:
     """Forward + backward time of SLAYER's CUBA neuron and of ours."""
-    from lava.lib.dl import slayer
+    with contextlib.redirect_stdout(sys.stderr):  # lava-dl prints warnings
+        from lava.lib.dl import slayer
 
     from neurodeploy.model.neuron import CubaParams, cuba_lif
 
@@ -290,9 +297,14 @@ def training_throughput(spec_name: str, window: int = 100) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="demo")
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--processes", type=int, default=5)
+    parser.add_argument("--model", default="demo",
+                        help="spec name or path (default: demo)")
+    parser.add_argument("--rounds", type=int, default=30,
+                        help="interleaved SNN/ANN step pairs per process "
+                        "(default: 30)")
+    parser.add_argument("--processes", type=int, default=5,
+                        help="fresh processes; the report gives the median "
+                        "of their SNN/ANN ratios (default: 5)")
     parser.add_argument("--quality", action="store_true",
                         help="also run full trainings of both models")
     parser.add_argument("--training", action="store_true",

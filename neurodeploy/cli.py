@@ -32,6 +32,19 @@ def _report(result: dict, as_json: bool, lines: list[str]) -> None:
             click.echo(line)
 
 
+def _interrupted_message(stop, spec) -> str:
+    """Say where an interrupted training run stopped and how to go on."""
+    if stop.checkpoint_step is None:
+        return (f"interrupted after step {stop.step}, before the first "
+                f"checkpoint (one every {spec.train.checkpoint_interval} "
+                f"steps); nothing to resume, so rerun without --resume")
+    lost = stop.step - stop.checkpoint_step
+    return (f"interrupted after step {stop.step}; the checkpoint "
+            f"{stop.checkpoint} is from step {stop.checkpoint_step} ({lost} "
+            f"steps earlier): rerun the same command with --resume to "
+            f"continue from there")
+
+
 def _fail(error: Exception, as_json: bool) -> None:
     """Report a bad-input error and exit with status 2."""
     if as_json:
@@ -77,6 +90,7 @@ def train(model_name, arch, corpus, steps, out_dir, resume, seed, device,
           overrides, no_progress, as_json):
     """Train a spiking decoder (or its ANN baseline) on a text corpus."""
     from . import spec as specs
+    from .train import TrainingInterrupted
     from .train import train as run_training
 
     try:
@@ -92,10 +106,11 @@ def train(model_name, arch, corpus, steps, out_dir, resume, seed, device,
                                device=device, progress=not no_progress)
     except NeurodeployError as error:
         _fail(error, as_json)
+    except TrainingInterrupted as stop:
+        click.echo(_interrupted_message(stop, spec), err=True)
+        sys.exit(130)
     except KeyboardInterrupt:
-        click.echo(f"interrupted; continue from the last checkpoint in "
-                   f"{out_dir} by rerunning the command with --resume",
-                   err=True)
+        click.echo("interrupted before training started", err=True)
         sys.exit(130)
 
     unit = "byte" if spec.model.tokenizer == "byte" else "char"
@@ -105,7 +120,8 @@ def train(model_name, arch, corpus, steps, out_dir, resume, seed, device,
         f"  validation: {summary['val_loss']:.4f} nats/{unit}, "
         f"{summary['val_bpc']:.3f} bits/{unit}, accuracy "
         f"{summary['val_accuracy']:.3f}",
-        f"  throughput: {summary['tokens_per_second']:.0f} tokens/s",
+        f"  throughput: {summary['tokens_per_second']:.0f} tokens/s"
+        if summary["train_seconds"] else "  throughput: no step trained",
         f"  checkpoint: {summary['checkpoint']}",
     ])
 

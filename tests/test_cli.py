@@ -1,6 +1,7 @@
 """The train command: JSON output, exit codes and bad input."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -68,3 +69,36 @@ def test_cli_script_equals_command(tmp_path):
         text=True, cwd=__file__.rsplit("/tests/", 1)[0], timeout=120)
     assert result.returncode == 0
     assert "--resume" in result.stdout
+
+
+@pytest.mark.parametrize("stop_at, message", [
+    (3, r"interrupted after step 3; the checkpoint .*checkpoint\.pt is from "
+        r"step 2 \(1 steps earlier\): rerun the same command with --resume"),
+    (1, r"interrupted after step 1, before the first checkpoint \(one every "
+        r"2 steps\); nothing to resume, so rerun without --resume"),
+], ids=["after_checkpoint", "before_checkpoint"])
+def test_train_ctrl_c_says_where_it_stopped(tmp_path, corpus_file,
+                                            monkeypatch, stop_at, message):
+    from neurodeploy import train as trainer
+    real_step = trainer._Run.step
+
+    def step_or_ctrl_c(self, step):
+        if step == stop_at:
+            raise KeyboardInterrupt
+        return real_step(self, step)
+
+    monkeypatch.setattr(trainer._Run, "step", step_or_ctrl_c)
+    result = CliRunner().invoke(main, tiny_args(tmp_path, corpus_file))
+    assert result.exit_code == 130
+    assert re.search(message, result.stderr), result.stderr
+
+
+def test_resume_finished_run_trains_nothing(tmp_path, corpus_file, caplog):
+    args = tiny_args(tmp_path, corpus_file)
+    assert CliRunner().invoke(main, args).exit_code == 0
+    plain = [arg for arg in args if arg != "--json"] + ["--resume"]
+    with caplog.at_level("INFO", logger="neurodeploy.train"):
+        result = CliRunner().invoke(main, plain)
+    assert result.exit_code == 0, result.stderr
+    assert "throughput: no step trained" in result.stdout
+    assert "nothing to train" in caplog.text
