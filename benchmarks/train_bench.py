@@ -67,7 +67,8 @@ def throughput(spec_name: str, rounds: int) -> dict:
         ratios.append(runs["ann"][2][-1] / runs["snn"][2][-1])
 
     tokens = batch * context
-    result = {arch: tokens / statistics.median(times)
+    result = {f"{arch}_tokens_per_second":
+              tokens / statistics.median(times)
               for arch, (_, _, times) in runs.items()}
     result["ratio_median"] = statistics.median(ratios)
     return result
@@ -85,8 +86,8 @@ def throughput_in_processes(spec_name: str, rounds: int,
         runs.append(json.loads(output))
     ratios = sorted(run["ratio_median"] for run in runs)
     return {
-        "snn": statistics.median(run["snn"] for run in runs),
-        "ann": statistics.median(run["ann"] for run in runs),
+        **{key: statistics.median(run[key] for run in runs)
+           for key in ("snn_tokens_per_second", "ann_tokens_per_second")},
         "ratio_median": statistics.median(ratios),
         "ratio_range": [ratios[0], ratios[-1]],
         "ratios": ratios,
@@ -288,8 +289,8 @@ def training_throughput(spec_name: str, window: int = 100) -> dict:
                for i in range(0, len(snn), window)]
     return {
         "steps": spec.train.steps,
-        "snn": tokens * len(snn) / sum(snn),
-        "ann": tokens * len(ann) / sum(ann),
+        "snn_tokens_per_second": tokens * len(snn) / sum(snn),
+        "ann_tokens_per_second": tokens * len(ann) / sum(ann),
         "ratio": sum(ann) / sum(snn),
         f"ratio_per_{window}_steps": windows,
     }
