@@ -90,7 +90,7 @@ def train(model_name, arch, corpus, steps, out_dir, resume, seed, device,
           overrides, no_progress, as_json):
     """Train a spiking decoder (or its ANN baseline) on a text corpus."""
     from . import spec as specs
-    from .train import TrainingInterrupted
+    from .train import TrainingInterrupted, loss_unit
     from .train import train as run_training
 
     try:
@@ -113,7 +113,7 @@ def train(model_name, arch, corpus, steps, out_dir, resume, seed, device,
         click.echo("interrupted before training started", err=True)
         sys.exit(130)
 
-    unit = "byte" if spec.model.tokenizer == "byte" else "char"
+    unit = loss_unit(spec)
     _report(summary, as_json, [
         f"{summary['arch']} decoder {summary['model']!r} after "
         f"{summary['steps']} steps:",

@@ -59,6 +59,11 @@ class Metrics:
     val_accuracy: float
 
 
+def loss_unit(spec: Spec) -> str:
+    """Return the text unit that losses are reported per: byte or char."""
+    return "byte" if spec.model.tokenizer == "byte" else "char"
+
+
 def learning_rate(step: int, spec: Spec) -> float:
     """Linear warm-up to ``learning_rate``, cosine decay to the minimum."""
     train = spec.train
@@ -178,9 +183,8 @@ def train(spec: Spec, corpus_path: str | None, out_dir: str | Path,
                  time.perf_counter() - began)
 
     run = _Run(spec, model, optimizer, corpus, tokenizer, device,
-               checkpoint_path, history, corpus_digest)
-    run.done = start
-    run.saved_step = start if state else None
+               checkpoint_path, history, corpus_digest,
+               saved_step=start if state else None)
     end = min(spec.train.steps, stop_after or spec.train.steps)
     if start >= end:
         log.info("%s is already at step %d of %d; nothing to train",
@@ -312,14 +316,15 @@ class _Run:
     """The mutable state of one training loop."""
 
     def __init__(self, spec, model, optimizer, corpus, tokenizer, device,
-                 checkpoint_path, history, corpus_digest):
+                 checkpoint_path, history, corpus_digest,
+                 saved_step: int | None = None):
         self.spec, self.model, self.optimizer = spec, model, optimizer
         self.corpus, self.tokenizer, self.device = corpus, tokenizer, device
         self.checkpoint_path, self.history = checkpoint_path, history
         self.corpus_digest = corpus_digest
-        self.done = 0  # steps completed
-        self.saved_step: int | None = None  # of the checkpoint on disk
-        self.progress = False  # progress bars, set by loop()
+        self.done = 0  # steps completed, set by loop()
+        self.saved_step = saved_step  # step of the checkpoint on disk
+        self.progress = False  # whether to show progress bars, set by loop()
 
     def loop(self, start: int, end: int, progress: bool) -> float:
         """Run steps ``start .. end - 1``; return seconds spent training."""
@@ -328,7 +333,7 @@ class _Run:
         bar = tqdm(range(start, end), initial=start, total=spec.steps,
                    disable=not progress, unit="step", dynamic_ncols=True)
         seconds = 0.0
-        self.progress = progress
+        self.done, self.progress = start, progress
         self.model.train()
         # Log lines go through the bar, so they do not break it.
         with logging_redirect_tqdm():
@@ -374,7 +379,7 @@ class _Run:
                            self.progress)
         record = {"step": step, **dataclasses.asdict(metrics)}
         self.history.append(record)
-        unit = "byte" if self.spec.model.tokenizer == "byte" else "char"
+        unit = loss_unit(self.spec)
         log.info("step %d: val_loss %.4f nats/%s, %.3f bits/%s, accuracy "
                  "%.3f", step, metrics.val_loss, unit, metrics.val_bpc, unit,
                  metrics.val_accuracy)

@@ -9,7 +9,7 @@ from lava.lib.dl import slayer
 from neurodeploy.model import neuron_kernels as kernels
 from neurodeploy.model.neuron import (
     CubaLIF, CubaParams, _forward_torch, as_rows, cuba_lif, cuba_lif_count)
-from neurodeploy.model.spike_matmul import SPIKES_UINT8
+from neurodeploy.model.spike_matmul import SPIKE_COUNT, SPIKES_UINT8
 
 PARAMETERS = [
     # threshold, current_decay, voltage_decay, tau_grad, scale_grad
@@ -121,6 +121,7 @@ def test_uint8_copy_equals_spikes():
     copy = getattr(spikes, SPIKES_UINT8)
     assert copy.dtype == torch.uint8
     assert torch.equal(copy.float(), spikes.transpose(1, 2))
+    assert getattr(spikes, SPIKE_COUNT) == int(spikes.sum())
 
 
 def test_fused_batch_norm_equals_batch_norm_then_neuron():

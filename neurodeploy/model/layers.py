@@ -17,8 +17,8 @@ from torch import nn
 from ..errors import NeurodeployError
 from .batch_norm import fusable
 from .neuron import WEIGHT_SCALE
-from .spike_matmul import (K_MAX, K_MIN, SPIKES_UINT8, WEIGHT_STEP,
-                           spike_linear)
+from .spike_matmul import (K_MAX, K_MIN, SPIKE_COUNT, SPIKES_UINT8,
+                           WEIGHT_STEP, spike_linear)
 
 # SLAYER's 8-bit weight grid: steps of 2/64 from -256/64 to 254/64.
 WEIGHT_MIN = K_MIN * WEIGHT_STEP
@@ -136,7 +136,8 @@ class SpikeLinear(nn.Module):
                 spikes_u8 = getattr(x, SPIKES_UINT8, None)
                 if spikes_u8 is not None:
                     spikes_u8 = spikes_u8.view(n * t, -1)
-                out = spike_linear(rows, self.weight, spikes_u8)
+                out = spike_linear(rows, self.weight, spikes_u8,
+                                   getattr(x, SPIKE_COUNT, None))
             else:
                 out = F.linear(rows, quantize_weight(self.weight))
             if self.norm is not None and apply_norm:

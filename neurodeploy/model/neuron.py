@@ -33,7 +33,7 @@ import torch
 
 from . import neuron_kernels as kernels
 from .batch_norm import batch_statistics, gradient_sums, norm_backward
-from .spike_matmul import SPIKES_UINT8
+from .spike_matmul import SPIKE_COUNT, SPIKES_UINT8
 
 STATE_SCALE = 1 << 12  # SLAYER's s_scale = scale (1 << 6) * (1 << 6)
 DECAY_SCALE = 1 << 12  # SLAYER's p_scale: decays are 12-bit fractions
@@ -110,7 +110,7 @@ def cuba_lif_count(x: torch.Tensor, params: CubaParams,
 
     With ``with_uint8`` on a CPU, (N, C, T) spikes carry a uint8 copy,
     (N, T, C), as the attribute ``SPIKES_UINT8`` (see ``spike_matmul``),
-    written by the same kernel pass.
+    written by the same kernel pass, and their count as ``SPIKE_COUNT``.
     """
     if x.dim() == 3:
         n, c, t = x.shape
@@ -145,6 +145,7 @@ def cuba_lif_count(x: torch.Tensor, params: CubaParams,
         spikes = spikes.view(n, t, c).transpose(1, 2)
         if spikes_u8.numel():
             setattr(spikes, SPIKES_UINT8, spikes_u8)
+            setattr(spikes, SPIKE_COUNT, int(count))
     return spikes, count
 
 

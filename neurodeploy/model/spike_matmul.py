@@ -34,9 +34,11 @@ from . import neuron_kernels  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-# Attribute of a spike tensor that contains its uint8 copy, (N, T, C), when
-# the neuron kernel wrote one (``neuron.cuba_lif_count``).
+# Attributes of a spike tensor that contain its uint8 copy, (N, T, C), and
+# its number of spikes, when the neuron kernel wrote them
+# (``neuron.cuba_lif_count``).
 SPIKES_UINT8 = "neurodeploy_uint8"
+SPIKE_COUNT = "neurodeploy_spike_count"
 WEIGHT_STEP = 1 / 32  # SLAYER's quantize_8bit: mantissa steps of 2/64
 K_MIN, K_MAX = -128, 127  # 8-bit signed mantissa (of 2/64), exponent 0
 # Firing rate below which the sparse weight gradient beats the dense GEMM.
@@ -76,32 +78,34 @@ def _quantize_kernel(weight, k, weight_q, in_range):
 
 
 def spike_linear(spikes: torch.Tensor, weight: torch.Tensor,
-                 spikes_u8: torch.Tensor | None = None) -> torch.Tensor:
+                 spikes_u8: torch.Tensor | None = None,
+                 n_spikes: int | None = None) -> torch.Tensor:
     """``spikes @ quantize(weight).T`` for 0/1 rows (M, C_in).
 
     Same value and gradients as ``F.linear(spikes, quantize_weight(
     weight))`` with the straight-through rounding of ``layers.
     quantize_weight``; exact in the forward pass where the integer GEMM
     is available. ``spikes_u8``, the same rows as uint8, saves converting
-    them.
+    them, and ``n_spikes``, their number of ones, saves counting them.
     """
     if spikes.device.type == "cpu" and integer_gemm_works():
-        return _SpikeLinear.apply(spikes, weight, spikes_u8)
+        return _SpikeLinear.apply(spikes, weight, spikes_u8, n_spikes)
     from .layers import quantize_weight
     return F.linear(spikes, quantize_weight(weight))
 
 
 class _SpikeLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spikes, weight, spikes_u8):
+    def forward(ctx, spikes, weight, spikes_u8, n_spikes):
         k, weight_q, in_range = quantized_mantissa(weight)
         if spikes_u8 is None:
             spikes_u8 = spikes.to(torch.uint8)
+        if n_spikes is None:
+            n_spikes = _count_spikes(spikes_u8.numpy().ravel())
         out = _integer_gemm(spikes_u8, k)
         # The uint8 spikes for a sparse weight gradient, else the float
         # spikes for the dense GEMM.
-        ctx.sparse = _count_spikes(spikes_u8.numpy().ravel()) \
-            < SPARSE_RATE * spikes.numel()
+        ctx.sparse = n_spikes < SPARSE_RATE * spikes.numel()
         ctx.save_for_backward(spikes_u8 if ctx.sparse else spikes,
                               weight_q, in_range)
         return out
@@ -118,7 +122,7 @@ class _SpikeLinear(torch.autograd.Function):
             else:
                 grad_weight = grad_out.t() @ spikes
             grad_weight.mul_(in_range)
-        return grad_spikes, grad_weight, None
+        return grad_spikes, grad_weight, None, None
 
 
 def sparse_weight_grad(grad_out: torch.Tensor,
