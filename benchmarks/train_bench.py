@@ -96,7 +96,8 @@ def throughput_in_processes(spec_name: str, rounds: int,
 
 def neuron_speed(rounds: int) -> dict:
     """Forward + backward time of SLAYER's CUBA neuron and of ours."""
-    with contextlib.redirect_stdout(sys.stderr):  # lava-dl prints warnings
+    # lava-dl prints import warnings on stdout, where the report goes.
+    with contextlib.redirect_stdout(sys.stderr):
         from lava.lib.dl import slayer
 
     from neurodeploy.model.neuron import CubaParams, cuba_lif

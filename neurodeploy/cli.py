@@ -33,7 +33,8 @@ def _report(result: dict, as_json: bool, lines: list[str]) -> None:
 
 
 def _interrupted_message(stop, spec) -> str:
-    """Say where an interrupted training run stopped and how to go on."""
+    """Return the message for Ctrl-C during training: the step reached,
+    the checkpoint's step and whether ``--resume`` can continue."""
     if stop.checkpoint_step is None:
         return (f"interrupted after step {stop.step}, before the first "
                 f"checkpoint (one every {spec.train.checkpoint_interval} "
@@ -110,7 +111,8 @@ def train(model_name, arch, corpus, steps, out_dir, resume, seed, device,
         click.echo(_interrupted_message(stop, spec), err=True)
         sys.exit(130)
     except KeyboardInterrupt:
-        click.echo("interrupted before training started", err=True)
+        click.echo("interrupted outside the training steps; no step was "
+                   "lost", err=True)
         sys.exit(130)
 
     unit = loss_unit(spec)

@@ -38,9 +38,10 @@ EVAL_SEED = 1234  # same validation windows for every run and seed
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training, with where it stopped: ``step`` steps
-    done, and the step of the checkpoint at ``checkpoint`` that
-    ``--resume`` would continue from (None when there is none yet)."""
+    """Ctrl-C during training, with the number of steps done (``step``).
+
+    ``checkpoint_step`` is the step of the checkpoint at ``checkpoint``
+    that ``--resume`` would continue from, or None when there is none."""
 
     def __init__(self, step: int, checkpoint_step: int | None,
                  checkpoint: Path):
@@ -229,9 +230,9 @@ def _check_memory(spec: Spec, device: str) -> None:
     Every layer keeps its (batch, T, heads, context, context) float32
     scores for the backward pass, which needs two more such tensors for
     the layer it works on. This estimate leaves out the rest of the
-    activations, small next to the scores once the context is long: for
-    the demo spec at context 1024 and batch 64 it gives 17.2 GB, and the
-    measured peak was 17.5 GB.
+    activations, small next to the scores once the context is long. For
+    the demo spec at context 1024 and batch 64 it gives 17.2 GB, and two
+    training steps peaked at 17.4 GB (maximum resident set size).
     """
     if spec.model.arch != "snn":
         return

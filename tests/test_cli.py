@@ -77,8 +77,8 @@ def test_cli_script_equals_command(tmp_path):
     (1, r"interrupted after step 1, before the first checkpoint \(one every "
         r"2 steps\); nothing to resume, so rerun without --resume"),
 ], ids=["after_checkpoint", "before_checkpoint"])
-def test_train_ctrl_c_says_where_it_stopped(tmp_path, corpus_file,
-                                            monkeypatch, stop_at, message):
+def test_ctrl_c_names_checkpoint_step(tmp_path, corpus_file, monkeypatch,
+                                      stop_at, message):
     from neurodeploy import train as trainer
     real_step = trainer._Run.step
 

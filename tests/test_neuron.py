@@ -228,13 +228,13 @@ def test_tensor_path_matches_kernels_with_norm_and_heads(monkeypatch):
     assert torch.allclose(norms[1].running_var, norms[0].running_var)
 
 
-def test_kernels_use_512_bit_vectors_with_avx512():
+def test_vector_width_follows_avx512():
     import os
 
     from numba.core.codegen import get_host_cpu_features
 
     features = numba.config.CPU_FEATURES
-    if "NUMBA_CPU_FEATURES" in os.environ:  # the user's choice is kept
+    if "NUMBA_CPU_FEATURES" in os.environ:  # the user's setting wins
         assert features == os.environ["NUMBA_CPU_FEATURES"]
         return
     host = get_host_cpu_features()

@@ -14,11 +14,11 @@ The neuron's input is ``y = x * scale + shift`` per channel, in float32,
 which is ``x`` itself for scale 1 and shift 0 and a batch norm fused into
 the neuron otherwise.
 
-On a CPU these kernels are limited by memory bandwidth, so each one makes
-a single pass: the forward pass stores nothing but the spikes, and the
-backward pass recomputes the voltages from the input instead of reading
-them back. The loops over channels have no branches and vectorise; rows
-are split into blocks that run in parallel.
+On a CPU these kernels run close to the memory-bandwidth limit, so each
+one makes a single pass. The forward pass stores nothing but the spikes,
+and the backward pass recomputes the voltages from the input instead of
+reading them back. The loops over channels have no branches and
+vectorise, and rows are split into blocks that run in parallel.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def forward_kernel(x, x_shape, spikes, spikes_shape, spikes_u8, scale,
         first, last = _block_range(block, n_rows, n_blocks)
         current = np.empty(n_channels)
         voltage = np.empty(n_channels)
-        volts = np.empty((n_steps, n_channels), np.float32)  # not needed
+        volts = np.empty((n_steps, n_channels), np.float32)  # unused here
         x_block = np.empty((0 if x_plain else block_rows, n_steps,
                             n_channels), np.float32)
         spikes_block = np.empty((0 if spikes_plain else block_rows, n_steps,
@@ -212,7 +212,7 @@ def backward_kernel(grad_spikes, grad_shape, grad_count, x, x_shape, scale,
         current = np.empty(n_channels)
         voltage = np.empty(n_channels)
         volts = np.empty((n_steps, n_channels), np.float32)
-        spikes = np.empty((n_steps, n_channels), np.float32)  # not needed
+        spikes = np.empty((n_steps, n_channels), np.float32)  # unused here
         x_block = np.empty((0 if x_plain else block_rows, n_steps,
                             n_channels), np.float32)
         out_block = np.empty_like(x_block)

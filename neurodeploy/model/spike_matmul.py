@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Imported first for its numba settings (see prefer_wide_vectors).
+# Imported before any kernel here compiles, for its numba settings
+# (see neuron_kernels.prefer_wide_vectors).
 from . import neuron_kernels  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,8 @@ SPIKE_COUNT = "neurodeploy_spike_count"
 WEIGHT_STEP = 1 / 32  # SLAYER's quantize_8bit: mantissa steps of 2/64
 K_MIN, K_MAX = -128, 127  # 8-bit signed mantissa (of 2/64), exponent 0
 # Firing rate below which the sparse weight gradient beats the dense GEMM.
-# Both take equal time near 0.2 on 2 AVX-512 cores, as timed by
-# `python benchmarks/train_bench.py` (figures in docs/benchmarks.md).
+# The two take equal time between rates 0.1 and 0.2 on 2 AVX-512 cores,
+# as timed by `python benchmarks/train_bench.py` (docs/benchmarks.md).
 SPARSE_RATE = 0.15
 WEIGHT_GRAD_BLOCKS = 4  # row blocks, each with its own accumulator
 
@@ -51,11 +52,12 @@ WEIGHT_GRAD_BLOCKS = 4  # row blocks, each with its own accumulator
 def quantized_mantissa(weight: torch.Tensor) -> tuple[torch.Tensor,
                                                       torch.Tensor,
                                                       torch.Tensor]:
-    """Return (k, weight_q, in_range) for a float32 CPU ``weight``: k, the
-    int8 mantissa of weight rounded to k / 32 (half to even) and clamped
-    to 8 bits; weight_q = k / 32 in float32; and where the clamp let the
-    gradient through. One compiled pass, where tensor operations took
-    six."""
+    """Return (k, weight_q, in_range) for a float32 CPU ``weight``.
+
+    ``k`` is the int8 mantissa: weight rounded to k / 32 (half to even)
+    and clamped to 8 bits. ``weight_q`` is k / 32 in float32, and
+    ``in_range`` marks where the clamp lets the gradient through. One
+    compiled pass replaces six tensor operations."""
     weight = weight.detach().contiguous()
     k = torch.empty(weight.shape, dtype=torch.int8)
     weight_q = torch.empty_like(weight)
@@ -68,7 +70,7 @@ def quantized_mantissa(weight: torch.Tensor) -> tuple[torch.Tensor,
 @numba.njit(cache=True)
 def _quantize_kernel(weight, k, weight_q, in_range):
     for i in range(weight.shape[0]):
-        # Times 32 is exact in float32; np.round rounds half to even, as
+        # Times 32 is exact in float32. np.round rounds half to even, as
         # torch.round in layers.quantize_weight does.
         scaled = np.round(weight[i] * np.float32(1 / WEIGHT_STEP))
         in_range[i] = K_MIN <= scaled <= K_MAX
