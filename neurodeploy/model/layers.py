@@ -237,9 +237,9 @@ class SpikeEncoder(nn.Module):
 
     def token_code(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.token_encoding == "learned":
-            # F.embedding, not token_table[tokens]: on the CPU the indexing's
-            # backward (index_put_ with accumulate) adds rows in a varying
-            # order in torch 2.3, so two runs of one seed drift apart.
+            # Not token_table[tokens], because that indexing's CPU backward
+            # (index_put_ with accumulate, torch 2.3) adds rows in a varying
+            # order, so two runs of one seed would drift apart.
             code = Heaviside.apply(F.embedding(tokens, self.token_table))
         elif self.token_encoding == "one_hot":
             code = F.one_hot(tokens, self.vocab_size).float()
