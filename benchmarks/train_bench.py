@@ -321,6 +321,9 @@ def main() -> None:
                         "spiking checkpoint, sparse weight gradients on "
                         "and off")
     args = parser.parse_args()
+    # As the trainer does; both models then run with the same heap settings.
+    from neurodeploy import heap
+    kept = heap.keep_freed_memory()
     if args.single:
         print(json.dumps(throughput(args.model, args.rounds)))
         return
@@ -328,6 +331,7 @@ def main() -> None:
     report = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} "
                    f"threads, torch {torch.__version__}",
+        "heap_keeps_freed_memory": kept,
         "throughput": throughput_in_processes(args.model, args.rounds,
                                               args.processes),
         "neuron_ms": neuron_speed(args.rounds),

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import data
+from . import data, heap
 from .checkpoint import (CHECKPOINT_NAME, load_checkpoint, save_checkpoint,
                          write_atomic)
 from .errors import NeurodeployError
@@ -135,7 +135,8 @@ def train(spec: Spec, corpus_path: str | None, out_dir: str | Path,
 
     ``stop_after`` ends the loop after that step without a final
     checkpoint, as a killed run would end. Returns a summary with
-    validation metrics, throughput and paths.
+    validation metrics, throughput and paths. On a CPU with glibc, the
+    process keeps its peak heap from then on (``heap.keep_freed_memory``).
     """
     _check_memory(spec, device)
     out_dir = Path(out_dir)
@@ -176,6 +177,8 @@ def train(spec: Spec, corpus_path: str | None, out_dir: str | Path,
     log.info("%s decoder %r: %d parameters, %d steps", spec.model.arch,
              spec.name, n_params, spec.train.steps)
 
+    if torch.device(device).type == "cpu" and heap.keep_freed_memory():
+        log.debug("the heap keeps freed memory for the next step")
     if spec.model.arch == "snn" and torch.device(device).type == "cpu":
         began = time.perf_counter()
         compile_kernels()
