@@ -51,6 +51,64 @@ def test_gradients_match_slayer(params):
     assert torch.allclose(x_new.grad, x_ref.grad, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("params", [PARAMETERS[0], PARAMETERS[2]], ids=str)
+def test_large_inputs_match_slayer(params):
+    # Rows whose states outgrow float32's exact integers take the float64
+    # path, mixed in one batch with rows that take the float32 path.
+    torch.manual_seed(2)
+    reference = slayer.neuron.cuba.Neuron(
+        threshold=params[0], current_decay=params[1],
+        voltage_decay=params[2], tau_grad=params[3], scale_grad=params[4])
+    x = torch.randn(16, 24, 16) * 1.5
+    x[::2] = x[::2] * 400.0 - 200.0
+
+    expected = reference(x)
+    actual = cuba_lif(x, CubaParams(*params))
+
+    assert torch.equal(actual, expected)
+
+
+def test_float32_state_is_exact_below_its_bound():
+    params = CubaParams(1.0, 0.0, 0.0)  # keep factors 1: states add up
+    scale, shift = np.ones(64, np.float32), np.zeros(64, np.float32)
+    limit = 2**24 / (4096 * 4**2)  # 4 steps, odd_keep 1
+    rng = np.random.default_rng(0)
+    below = rng.uniform(-limit, limit, (4, 64)).astype(np.float32) * 0.999
+    # Above the bound, float32 sums lose the low bits of odd drives.
+    above = below * 5 + np.float32(1 / 4096)
+
+    for row, fits in ((below, True), (above, False)):
+        volts32, volts64 = _integrate_both(row, scale, shift, params)
+        assert _fits_float32(row, scale, shift, params.odd_keep) == fits
+        assert np.array_equal(volts32, volts64) == fits
+
+
+def _integrate_both(row, scale, shift, params):
+    current_keep, voltage_keep, threshold_state = params.kernel_args()[:3]
+    results = []
+    for dtype in (np.float32, np.float64):
+        volts = np.empty_like(row)
+        _integrate(row, scale, shift, np.empty(row.shape[1], dtype),
+                   np.empty(row.shape[1], dtype), volts, np.empty_like(row),
+                   dtype(current_keep), dtype(voltage_keep),
+                   dtype(threshold_state))
+        results.append(volts)
+    return results
+
+
+@numba.njit
+def _integrate(x, scale, shift, current, voltage, volts, spikes,
+               current_keep, voltage_keep, threshold_state):
+    return kernels._integrate_row(x, scale, shift, current, voltage, volts,
+                                  spikes, current_keep, voltage_keep,
+                                  threshold_state)
+
+
+@numba.njit
+def _fits_float32(x, scale, shift, odd_keep):
+    return kernels._fits_float32(x, scale, shift, odd_keep)
+
+
 def test_threshold_is_strict_as_on_loihi():
     # Input exactly at threshold must not spike (Loihi fires at v > vTh).
     params = CubaParams(1.0, 1.0, 1.0)

@@ -64,6 +64,15 @@ class CubaParams:
         """Threshold in integer state units: SLAYER's ``vThMant << 6``."""
         return self.threshold * STATE_SCALE
 
+    @property
+    def odd_keep(self) -> int:
+        """Largest odd factor of the two decays' keep numerators
+        (4096 - decay), at least 1: the compiled kernels' test for exact
+        float32 state arithmetic needs it."""
+        keeps = (DECAY_SCALE - self.current_decay,
+                 DECAY_SCALE - self.voltage_decay)
+        return max(1, *(keep >> _trailing_zeros(keep) for keep in keeps))
+
     def kernel_args(self) -> tuple[float, ...]:
         return (
             (DECAY_SCALE - self.current_decay) / DECAY_SCALE,
@@ -74,6 +83,10 @@ class CubaParams:
             self.tau_rho,
             self.scale_rho / 2 / self.tau_rho,
         )
+
+
+def _trailing_zeros(value: int) -> int:
+    return (value & -value).bit_length() - 1 if value else 0
 
 
 def _quantize_decay(decay: float) -> int:
@@ -185,7 +198,7 @@ class _CubaFunction(torch.autograd.Function):
             x.numpy().ravel(), tuple(x.shape), spikes.numpy().ravel(),
             tuple(out_shape), spikes_u8.numpy().ravel(), scale.numpy(),
             shift.numpy(), counts, current_keep, voltage_keep,
-            threshold_state)
+            threshold_state, params.odd_keep)
         return spikes, torch.tensor(float(counts.sum()), dtype=x.dtype)
 
     @staticmethod
@@ -238,7 +251,8 @@ def _backward_cpu(grad_spikes, grad_count, x, scale, shift, with_norm,
         float(grad_count),
         x.numpy().ravel(), tuple(x.shape), scale.numpy(), shift.numpy(),
         grad_x.numpy().ravel(), sums, n_blocks, current_keep, voltage_keep,
-        threshold_state, threshold, 1.0 / tau_rho, rho_peak)
+        threshold_state, params.odd_keep, threshold, 1.0 / tau_rho,
+        rho_peak)
     return grad_x, torch.from_numpy(sums.sum(axis=0))
 
 

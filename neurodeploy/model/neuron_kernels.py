@@ -25,10 +25,15 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
 from numba.core.codegen import get_host_cpu_features
+from numba.extending import intrinsic
 
 STATE_SCALE = np.float32(1 << 12)  # SLAYER's s_scale (see neuron.py)
 ROW_BLOCKS = 64  # parallel work items per call
+# float32 represents every integer up to 2**24 exactly.
+FLOAT32_EXACT = 1 << 24
 
 
 def prefer_wide_vectors() -> None:
@@ -118,7 +123,10 @@ def _integrate_row(x, scale, shift, current, voltage, volts, spikes,
     """Integrate one (T, C) row with SLAYER's integer CUBA dynamics.
 
     Writes the spikes and the voltage before reset (in threshold units,
-    float32) to (T, C) arrays and returns the spike count."""
+    float32) to (T, C) arrays and returns the spike count. The state
+    arithmetic runs in the type of ``current``, ``voltage`` and the
+    constants: float64 is exact for states below 2**53, float32 where
+    ``_fits_float32`` returns True."""
     n_steps, n_channels = x.shape
     current[:] = 0.0
     voltage[:] = 0.0
@@ -135,15 +143,56 @@ def _integrate_row(x, scale, shift, current, voltage, volts, spikes,
             current[c] = u
             voltage[c] = 0.0 if fired else v
             count += np.int64(fired)
-            volts_t[c] = np.float32(v / 4096.0)
+            # Scaling by 2**-12 is exact, so both state types give the
+            # same float32 voltage.
+            volts_t[c] = np.float32(v) * np.float32(1 / STATE_SCALE)
             spikes_t[c] = np.float32(1.0) if fired else np.float32(0.0)
     return count
+
+
+@numba.njit(inline="always")
+def _fits_float32(x, scale, shift, odd_keep):
+    """Tell whether float32 integrates the (T, C) row ``x`` exactly.
+
+    With D = max |trunc(4096 y)| over the row, |u| <= T D and |v| <= T^2 D
+    (the decays only shrink the state). A product state * keep, with keep
+    = m / 4096 and m = ``odd_keep`` times a power of two, is then exact
+    while T^2 D ``odd_keep`` < 2**24, and so are the sums."""
+    n_steps, n_channels = x.shape
+    exact_limit = FLOAT32_EXACT / (STATE_SCALE * n_steps * n_steps * odd_keep)
+    # Rounded down, so that |y| below it keeps the bound.
+    limit = np.float32(exact_limit * (1.0 - 2.0**-20))
+    # An integer count vectorises; a float max would not, without fastmath.
+    too_large = 0
+    for t in range(n_steps):
+        x_t = x[t]
+        for c in range(n_channels):
+            too_large += np.int32(np.abs(x_t[c] * scale[c] + shift[c])
+                                  >= limit)
+    return too_large == 0
+
+
+@numba.njit(inline="always")
+def _integrate_exact(x, scale, shift, state32, state64, volts, spikes,
+                     keeps, threshold_state, odd_keep):
+    """``_integrate_row`` in float32 where that is exact (16 lanes per
+    AVX-512 vector instead of 8), else in float64. ``state32`` and
+    ``state64`` are (2, C) scratch arrays, ``keeps`` the two decays'
+    keep factors."""
+    if _fits_float32(x, scale, shift, odd_keep):
+        return _integrate_row(x, scale, shift, state32[0], state32[1],
+                              volts, spikes, np.float32(keeps[0]),
+                              np.float32(keeps[1]),
+                              np.float32(threshold_state))
+    return _integrate_row(x, scale, shift, state64[0], state64[1], volts,
+                          spikes, np.float64(keeps[0]), np.float64(keeps[1]),
+                          np.float64(threshold_state))
 
 
 @numba.njit(parallel=True, cache=True)
 def forward_kernel(x, x_shape, spikes, spikes_shape, spikes_u8, scale,
                    shift, counts, current_keep, voltage_keep,
-                   threshold_state):
+                   threshold_state, odd_keep):
     """Write the spikes of flat 6-D inputs to flat 6-D ``spikes`` and the
     spike count of each row block to ``counts``. A non-empty ``spikes_u8``
     receives the spikes of a plain layout once more, as uint8."""
@@ -154,8 +203,8 @@ def forward_kernel(x, x_shape, spikes, spikes_shape, spikes_u8, scale,
     block_rows = -(-n_rows // n_blocks)
     for block in numba.prange(n_blocks):
         first, last = _block_range(block, n_rows, n_blocks)
-        current = np.empty(n_channels)
-        voltage = np.empty(n_channels)
+        state32 = np.empty((2, n_channels), np.float32)
+        state64 = np.empty((2, n_channels), np.float64)
         volts = np.empty((n_steps, n_channels), np.float32)  # unused here
         x_block = np.empty((0 if x_plain else block_rows, n_steps,
                             n_channels), np.float32)
@@ -169,9 +218,10 @@ def forward_kernel(x, x_shape, spikes, spikes_shape, spikes_u8, scale,
                 else x_block[row - first]
             spikes_row = _plain_row(spikes, spikes_shape, row) \
                 if spikes_plain else spikes_block[row - first]
-            count += _integrate_row(x_row, scale, shift, current, voltage,
-                                    volts, spikes_row, current_keep,
-                                    voltage_keep, threshold_state)
+            count += _integrate_exact(x_row, scale, shift, state32, state64,
+                                      volts, spikes_row,
+                                      (current_keep, voltage_keep),
+                                      threshold_state, odd_keep)
             if spikes_u8.shape[0] > 0:
                 row_u8 = _plain_row(spikes_u8, spikes_shape, row)
                 for t in range(n_steps):
@@ -186,8 +236,8 @@ def forward_kernel(x, x_shape, spikes, spikes_shape, spikes_u8, scale,
 @numba.njit(parallel=True, cache=True)
 def backward_kernel(grad_spikes, grad_shape, grad_count, x, x_shape, scale,
                     shift, grad_x, sums, n_blocks, current_keep,
-                    voltage_keep, threshold_state, threshold, inv_tau_rho,
-                    rho_peak):
+                    voltage_keep, threshold_state, odd_keep, threshold,
+                    inv_tau_rho, rho_peak):
     """Write the gradient of the neuron input to ``grad_x`` (layout of x).
 
     Back-propagates through spike, voltage and current as SLAYER does
@@ -202,15 +252,16 @@ def backward_kernel(grad_spikes, grad_shape, grad_count, x, x_shape, scale,
     with_sums = sums.shape[0] > 0
     threshold = np.float32(threshold)
     inv_tau_rho = np.float32(inv_tau_rho)
-    voltage_keep = np.float32(voltage_keep)
-    current_keep = np.float32(current_keep)
+    voltage_grad_keep = np.float32(voltage_keep)
+    current_grad_keep = np.float32(current_keep)
     rho_peak = np.float32(rho_peak)
     grad_count = np.float32(grad_count)
     block_rows = -(-n_rows // n_blocks)
     for block in numba.prange(n_blocks):
         first, last = _block_range(block, n_rows, n_blocks)
-        current = np.empty(n_channels)
-        voltage = np.empty(n_channels)
+        state32 = np.empty((2, n_channels), np.float32)
+        state64 = np.empty((2, n_channels), np.float64)
+        row_sums = np.empty((2, n_channels), np.float32)
         volts = np.empty((n_steps, n_channels), np.float32)
         spikes = np.empty((n_steps, n_channels), np.float32)  # unused here
         x_block = np.empty((0 if x_plain else block_rows, n_steps,
@@ -236,29 +287,53 @@ def backward_kernel(grad_spikes, grad_shape, grad_count, x, x_shape, scale,
                 x_row, out_row = x_block[row - first], out_block[row - first]
             grad_row = _plain_row(grad_spikes, grad_shape, row) \
                 if grad_plain else grad_block[row - first]
-            _integrate_row(x_row, scale, shift, current, voltage, volts,
-                           spikes, current_keep, voltage_keep,
-                           threshold_state)
+            _integrate_exact(x_row, scale, shift, state32, state64, volts,
+                             spikes, (current_keep, voltage_keep),
+                             threshold_state, odd_keep)
             voltage_grad[:] = 0.0
             current_grad[:] = 0.0
+            row_sums[:] = 0.0
             for t in range(n_steps - 1, -1, -1):
                 _exp_neg(volts[t], threshold, inv_tau_rho, mantissa,
                          exponent)
                 g_t, out_t = grad_row[t], out_row[t]
                 for c in range(n_channels):
                     surrogate = rho_peak * (mantissa[c] * power[c])
-                    voltage_grad[c] = voltage_keep * voltage_grad[c] \
+                    voltage_grad[c] = voltage_grad_keep * voltage_grad[c] \
                         + (g_t[c] + grad_count) * surrogate
-                    current_grad[c] = current_keep * current_grad[c] \
+                    current_grad[c] = current_grad_keep * current_grad[c] \
                         + voltage_grad[c]
                     out_t[c] = current_grad[c]
                 if with_sums:
                     x_t = x_row[t]
                     for c in range(n_channels):
-                        sums[block, 0, c] += out_t[c]
-                        sums[block, 1, c] += out_t[c] * x_t[c]
+                        row_sums[0, c] += out_t[c]
+                        row_sums[1, c] += out_t[c] * x_t[c]
+            if with_sums:
+                # float32 over one row's T steps, float64 across rows.
+                for c in range(n_channels):
+                    sums[block, 0, c] += row_sums[0, c]
+                    sums[block, 1, c] += row_sums[1, c]
         if not x_plain:
             _copy_block(grad_x, x_shape, first, last, out_block, False)
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c in float32 with one rounding (LLVM's llvm.fma, one
+    vector instruction on CPUs with FMA). numba contracts a * b + c into
+    it only under fastmath, which would also reorder other float math."""
+    if not all(arg == types.float32 for arg in (a, b, c)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(f32, [f32] * 3), "llvm.fma.f32")
+        return builder.call(function, args)
+
+    return types.float32(types.float32, types.float32, types.float32), \
+        codegen
 
 
 @numba.njit(inline="always")
@@ -267,7 +342,8 @@ def _exp_neg(v, threshold, inv_tau, mantissa, exponent):
     ``v``, as ``mantissa * exponent.view(float32)``.
 
     Cody-Waite reduction y = n ln 2 - r with |r| <= ln 2 / 2, a degree-6
-    Taylor polynomial for exp(r) and 2**-n built from its IEEE-754 bits:
+    Taylor polynomial for exp(r) in fused multiply-adds (Horner's scheme)
+    and 2**-n built from its IEEE-754 bits:
     relative error below 3e-6 (tests/test_neuron.py) for y <= 87, where
     float32 ends. Numba has no vectorised exp without Intel's SVML; this
     loop vectorises.
@@ -276,11 +352,14 @@ def _exp_neg(v, threshold, inv_tau, mantissa, exponent):
         yc = min(np.abs(v[c] - threshold) * inv_tau, np.float32(87.0))
         n = np.floor(yc * np.float32(1.4426950408889634) + np.float32(0.5))
         # ln 2 split in a short high part and a correction (Cody-Waite).
-        r = n * np.float32(0.693359375) - yc + n * np.float32(-2.12194440e-4)
-        mantissa[c] = np.float32(1.0) + r * (
-            np.float32(1.0) + r * (np.float32(1 / 2) + r * (
-                np.float32(1 / 6) + r * (np.float32(1 / 24) + r * (
-                    np.float32(1 / 120) + r * np.float32(1 / 720))))))
+        r = _fma(n, np.float32(-2.12194440e-4),
+                 _fma(n, np.float32(0.693359375), -yc))
+        p = _fma(r, np.float32(1 / 720), np.float32(1 / 120))
+        p = _fma(p, r, np.float32(1 / 24))
+        p = _fma(p, r, np.float32(1 / 6))
+        p = _fma(p, r, np.float32(1 / 2))
+        p = _fma(p, r, np.float32(1.0))
+        mantissa[c] = _fma(p, r, np.float32(1.0))
         exponent[c] = (np.int32(127) - np.int32(n)) << 23
 
 
