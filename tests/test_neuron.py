@@ -7,6 +7,7 @@ import torch
 from lava.lib.dl import slayer
 
 from neurodeploy.model import neuron_kernels as kernels
+from neurodeploy.model.batch_norm import add_batch_norm
 from neurodeploy.model.neuron import (
     CubaLIF, CubaParams, _forward_torch, as_rows, cuba_lif, cuba_lif_count)
 from neurodeploy.model.spike_matmul import SPIKE_COUNT, SPIKES_UINT8
@@ -300,3 +301,39 @@ def test_vector_width_follows_avx512():
         assert features == host + ",-prefer-256-bit"
     else:
         assert features is None
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["kernels", "tensor"])
+def test_residual_add_with_norm_equals_batch_norm_then_add(compiled,
+                                                           monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(kernels, "use_kernels", lambda tensor: False)
+    torch.manual_seed(10)
+    norms = [torch.nn.BatchNorm1d(24) for _ in range(2)]
+    norms[0].weight.data.uniform_(0.5, 2.0)
+    norms[0].bias.data.uniform_(-1.0, 1.0)
+    norms[1].load_state_dict(norms[0].state_dict())
+    # (N, C, T) views of time-major memory, as layers lay them out.
+    inputs = [torch.randn(64, 4, 24) * 2 + 0.5, torch.randn(64, 4, 24)]
+    plain = [t.clone().transpose(1, 2).requires_grad_() for t in inputs]
+    fused = [t.clone().transpose(1, 2).requires_grad_() for t in inputs]
+    weights = torch.randn(64, 24, 4)
+
+    normed = norms[0](plain[0].transpose(1, 2).reshape(-1, 24))
+    expected = plain[1] + normed.view(64, 4, 24).transpose(1, 2)
+    got = add_batch_norm(fused[1], fused[0], norms[1])
+    (expected * weights).sum().backward()
+    (got * weights).sum().backward()
+
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(fused[1].grad, plain[1].grad)
+    assert torch.allclose(fused[0].grad, plain[0].grad, rtol=1e-4,
+                          atol=1e-5)
+    for name in ("weight", "bias"):
+        assert torch.allclose(getattr(norms[1], name).grad,
+                              getattr(norms[0], name).grad,
+                              rtol=1e-4, atol=1e-4), name
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.allclose(getattr(norms[1], name).double(),
+                              getattr(norms[0], name).double(),
+                              rtol=1e-5, atol=1e-6), name

@@ -1,12 +1,14 @@
-"""Training-mode batch norm fused into the neuron kernel.
+"""Training-mode batch norm fused into the neuron kernel or a residual add.
 
 A BatchNorm1d between a Linear layer and CUBA-LIF neurons runs inside the
 neuron kernels (``neuron.cuba_lif_count``). These functions compute its
 batch statistics in one pass over the input and update the running ones.
 They finish its backward pass from two sums that the neuron's backward
-kernel accumulates. They follow BatchNorm1d's training mode to float rounding:
-batch statistics for the output, running statistics updated with the
-unbiased variance, gradients through the statistics.
+kernel accumulates. The norm at the end of a residual branch runs in the
+same pass as the add to the stream (``add_batch_norm``). All follow
+BatchNorm1d's training mode to float rounding: batch statistics for the
+output, running statistics updated with the unbiased variance, gradients
+through the statistics.
 """
 
 from __future__ import annotations
@@ -89,10 +91,56 @@ def norm_backward(grad_y, sums, x, weight, mean, invstd, out):
     offset = -scale * grad_bias / n - slope * mean64
     scale, offset, slope = (v.to(x.dtype) for v in (scale, offset, slope))
 
+    _affine(grad_y, x, scale, offset, slope, out)
+    return out, grad_weight.to(x.dtype), grad_bias.to(x.dtype)
+
+
+def _affine(x, y, scale, offset, slope, out) -> None:
+    """Write ``x * scale + offset + slope * y`` per channel to ``out``;
+    all are (N, T, C) and ``out`` may be ``x``."""
     if not kernels.use_kernels(x):
-        out.copy_(grad_y * scale + offset + slope * x)
+        out.copy_(x * scale + offset + slope * y)
     else:
-        kernels.affine_kernel(grad_y.numpy(), x.numpy(), scale.numpy(),
+        kernels.affine_kernel(x.numpy(), y.numpy(), scale.numpy(),
                               offset.numpy(), slope.numpy(), out.numpy(),
                               kernels.row_blocks(x.shape[0]))
-    return out, grad_weight.to(x.dtype), grad_bias.to(x.dtype)
+
+
+def add_batch_norm(stream: torch.Tensor, x: torch.Tensor,
+                   norm: nn.BatchNorm1d) -> torch.Tensor:
+    """Return ``stream + norm(x)`` for (N, C, T) tensors stored time-major,
+    as a residual branch adds its output to the stream.
+
+    One pass writes the sum, where BatchNorm1d and the add would take
+    two and write the normalised ``x`` in between. The norm is a
+    BatchNorm1d in training mode (``fusable``) and updates its running
+    statistics. Differentiable in ``stream``, ``x`` and the norm's
+    weight and bias."""
+    rows = x.transpose(1, 2).contiguous()  # (N, T, C), a view if stored so
+    weight, bias, mean, invstd = batch_statistics(norm, rows)
+    total = _AddBatchNorm.apply(stream.transpose(1, 2).contiguous(), rows,
+                                weight, bias, mean, invstd)
+    return total.transpose(1, 2)
+
+
+class _AddBatchNorm(torch.autograd.Function):
+    """(N, T, C) stream and norm input -> stream + batch norm."""
+
+    @staticmethod
+    def forward(ctx, stream, x, weight, bias, mean, invstd):
+        scale = weight.detach() * invstd
+        shift = bias.detach() - mean * scale
+        total = torch.empty_like(x)
+        _affine(x, stream, scale, shift, torch.ones_like(scale), total)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, mean, invstd = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x, grad_weight, grad_bias = norm_backward(
+            grad, gradient_sums(grad, x), x, weight, mean, invstd,
+            out=torch.empty_like(x))
+        # The stream passes through the add unchanged.
+        return grad, grad_x, grad_weight, grad_bias, None, None

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..spec import ModelSpec
+from .batch_norm import add_batch_norm
 from .layers import SpikeEncoder, SpikeLinear, make_norm
 from .neuron import CubaLIF, CubaParams
 
@@ -60,14 +61,21 @@ class SpikingSelfAttention(nn.Module):
         self.shift = model.attention_shift
         self.position_shift = model.attention_position_shift
 
-    def forward(self, s: torch.Tensor, batch: int) -> torch.Tensor:
+    @property
+    def output(self) -> SpikeLinear:
+        return self.out
+
+    def forward(self, s: torch.Tensor, batch: int,
+                apply_norm: bool = True) -> torch.Tensor:
+        """Return the branch's output current; without the output norm
+        when ``apply_norm`` is False (``Branch`` applies it)."""
         # The Q|K|V spikes come out of the neuron kernel split into heads,
         # (3, B, T, H, P, D), and the attention neurons read the products
         # in that layout: no copies around the matrix products.
         qkv = linear_lif(self.qkv, self.qkv_lif, s,
                          heads=(batch, self.n_heads, 3))
         y = _SplitAttention.apply(qkv, self.shift, self.position_shift)
-        return self.out(self.attention_lif(y))
+        return self.out(self.attention_lif(y), apply_norm=apply_norm)
 
 
 def linear_lif(linear: SpikeLinear, lif: CubaLIF, x: torch.Tensor,
@@ -195,8 +203,15 @@ class SpikingMLP(nn.Module):
         self.down = SpikeLinear(model.d_mlp, model.d_model, model.norm,
                                 binary_input=True)
 
-    def forward(self, s: torch.Tensor, batch: int) -> torch.Tensor:
-        return self.down(linear_lif(self.up, self.hidden_lif, s))
+    @property
+    def output(self) -> SpikeLinear:
+        return self.down
+
+    def forward(self, s: torch.Tensor, batch: int,
+                apply_norm: bool = True) -> torch.Tensor:
+        """Return the output current, as ``SpikingSelfAttention``."""
+        return self.down(linear_lif(self.up, self.hidden_lif, s),
+                         apply_norm=apply_norm)
 
 
 class Branch(nn.Module):
@@ -215,8 +230,13 @@ class Branch(nn.Module):
 
     def forward(self, stream: torch.Tensor, batch: int) -> torch.Tensor:
         if self.residual == "membrane":
-            out = self.body(self.lif(stream), batch)
-            return stream + self.dropout(out)
+            spikes = self.lif(stream)
+            norm = self.body.output.fusable_norm()
+            if norm is not None and not (self.training and self.dropout.p):
+                # In training, the output norm runs in the add's pass.
+                out = self.body(spikes, batch, apply_norm=False)
+                return add_batch_norm(stream, out, norm)
+            return stream + self.dropout(self.body(spikes, batch))
         if self.residual == "spike":
             out = self.body(stream, batch)
             return self.lif(stream + self.dropout(out))
