@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from numba.core.codegen import get_host_cpu_features
 from torch import nn
 
 from ..spec import ModelSpec
@@ -141,17 +142,22 @@ def _causal_weights(n_positions: int, shift: int, position_shift: bool,
 
 def _spike_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Q K^T of 0/1 spikes, (N, P, D) each. The scores are integers up to
-    D, exact in bfloat16 while D <= 256. The bfloat16 product was chosen
-    for speed on an AMD EPYC with bfloat16 instructions; on a Sapphire
-    Rapids Xeon both products took the same time in a training step."""
-    if q.device.type == "cpu" and q.shape[2] <= 256 and _bf16_matmul():
+    D, exact in bfloat16 while D <= 256."""
+    if q.device.type == "cpu" and q.shape[2] <= 256 and _bf16_scores():
         return torch.bmm(q.bfloat16(), k.bfloat16().transpose(1, 2)).float()
     return torch.bmm(q, k.transpose(1, 2))
 
 
 @functools.cache
-def _bf16_matmul() -> bool:
-    return torch.backends.mkldnn.is_available() \
+def _bf16_scores() -> bool:
+    """Tell whether Q K^T runs in bfloat16 here, conversions included.
+
+    On an AMD EPYC with bfloat16 instructions that was the faster product
+    in a training step. On a Sapphire Rapids Xeon, whose float32 GEMMs are
+    faster, float32 took 1.5 ms (1.6 %) less of a demo step; CPUs with
+    AMX (a Xeon feature since Sapphire Rapids) keep float32."""
+    amx = "+amx-bf16" in get_host_cpu_features().split(",")
+    return torch.backends.mkldnn.is_available() and not amx \
         and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
