@@ -139,6 +139,9 @@ def train(spec: Spec, corpus_path: str | None, out_dir: str | Path,
     process keeps its peak heap from then on (``heap.keep_freed_memory``).
     """
     _check_memory(spec, device)
+    # Before the corpus: huge pages apply only from here on.
+    if torch.device(device).type == "cpu" and heap.keep_freed_memory():
+        log.debug("the heap keeps freed memory for the next step")
     out_dir = Path(out_dir)
     checkpoint_path = out_dir / CHECKPOINT_NAME
     # Fail before training, not at the first checkpoint.
@@ -177,8 +180,6 @@ def train(spec: Spec, corpus_path: str | None, out_dir: str | Path,
     log.info("%s decoder %r: %d parameters, %d steps", spec.model.arch,
              spec.name, n_params, spec.train.steps)
 
-    if torch.device(device).type == "cpu" and heap.keep_freed_memory():
-        log.debug("the heap keeps freed memory for the next step")
     if spec.model.arch == "snn" and torch.device(device).type == "cpu":
         began = time.perf_counter()
         compile_kernels()
