@@ -34,6 +34,8 @@ def batch_statistics(norm: nn.BatchNorm1d, x: torch.Tensor) -> tuple:
         raise ValueError("a fused norm must be an affine BatchNorm1d in "
                          "training mode with running statistics and a "
                          "momentum")
+    if kernels.use_kernels(x) and x.is_contiguous():
+        return _batch_statistics_cpu(norm, x)
     with torch.no_grad():
         mean, var = _moments(x)
         n = x.shape[0] * x.shape[1]
@@ -46,17 +48,34 @@ def batch_statistics(norm: nn.BatchNorm1d, x: torch.Tensor) -> tuple:
     return norm.weight, norm.bias, mean, invstd
 
 
-def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the mean and biased variance per channel of (N, T, C) x."""
-    if not kernels.use_kernels(x) or not x.is_contiguous():
-        var, mean = torch.var_mean(x.reshape(-1, x.shape[2]), dim=0,
-                                   unbiased=False)
-        return mean, var
-    total = _sums(x, x) / (x.shape[0] * x.shape[1])
+def _batch_statistics_cpu(norm: nn.BatchNorm1d, x: torch.Tensor) -> tuple:
+    """``batch_statistics`` from the compiled sums kernel, with the
+    per-channel arithmetic in numpy on the norm's CPU buffers: on (C,)
+    vectors a numpy operation has less overhead than a torch one."""
+    n = x.shape[0] * x.shape[1]
+    total = _sums(x.detach(), x.detach()).numpy() / n
+    mean = total[0].astype(np.float32)
     # With float64 sums, E[x^2] - E[x]^2 keeps float32 precision while
     # |mean| / std stays below about 10^4.
-    mean, var = total[0], (total[1] - total[0] ** 2).clamp_(min=0.0)
-    return mean.to(x.dtype), var.to(x.dtype)
+    var = np.maximum(total[1] - total[0] ** 2, 0.0).astype(np.float32)
+    momentum = np.float32(norm.momentum)
+    unbiased = np.float32(n / max(n - 1, 1))
+    for buffer, value in ((norm.running_mean, mean),
+                          (norm.running_var, var * unbiased)):
+        running = buffer.numpy()
+        running *= 1 - momentum
+        running += momentum * value
+    norm.num_batches_tracked.numpy()[...] += 1
+    invstd = 1 / np.sqrt(var + np.float32(norm.eps))
+    return norm.weight, norm.bias, torch.from_numpy(mean), \
+        torch.from_numpy(invstd)
+
+
+def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the mean and biased variance per channel of (N, T, C) x."""
+    var, mean = torch.var_mean(x.reshape(-1, x.shape[2]), dim=0,
+                               unbiased=False)
+    return mean, var
 
 
 def gradient_sums(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -82,17 +101,25 @@ def norm_backward(grad_y, sums, x, weight, mean, invstd, out):
     ``x`` and the (2, C) sums of grad_y and grad_y * x. grad_x goes to
     ``out``, which may be grad_y."""
     n = x.shape[0] * x.shape[1]
-    mean64, invstd64 = mean.double(), invstd.double()
+    on_cpu = kernels.use_kernels(x)
+    # Per-channel arithmetic in float64: numpy's on the CPU (less overhead
+    # per operation on (C,) vectors), torch's elsewhere.
+    sums, weight, mean, invstd = (
+        value.detach().numpy().astype(np.float64) if on_cpu
+        else value.detach().double()
+        for value in (sums, weight, mean, invstd))
     grad_bias = sums[0]
     # sum(grad_y * x_hat), with x_hat = (x - mean) * invstd
-    grad_weight = invstd64 * (sums[1] - mean64 * sums[0])
-    scale = weight.detach().double() * invstd64
-    slope = -scale * invstd64 * grad_weight / n
-    offset = -scale * grad_bias / n - slope * mean64
-    scale, offset, slope = (v.to(x.dtype) for v in (scale, offset, slope))
+    grad_weight = invstd * (sums[1] - mean * sums[0])
+    scale = weight * invstd
+    slope = -scale * invstd * grad_weight / n
+    offset = -scale * grad_bias / n - slope * mean
+    scale, offset, slope, grad_weight, grad_bias = (
+        torch.from_numpy(value).to(x.dtype) if on_cpu else value.to(x.dtype)
+        for value in (scale, offset, slope, grad_weight, grad_bias))
 
     _affine(grad_y, x, scale, offset, slope, out)
-    return out, grad_weight.to(x.dtype), grad_bias.to(x.dtype)
+    return out, grad_weight, grad_bias
 
 
 def _affine(x, y, scale, offset, slope, out) -> None:
