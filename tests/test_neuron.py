@@ -79,35 +79,35 @@ def test_float32_state_is_exact_below_its_bound():
     above = below * 5 + np.float32(1 / 4096)
 
     for row, fits in ((below, True), (above, False)):
-        volts32, volts64 = _integrate_both(row, scale, shift, params)
-        assert _fits_float32(row, scale, shift, params.odd_keep) == fits
+        (volts32, too_large), (volts64, _) = _integrate_both(
+            row, scale, shift, params)
+        assert (too_large == 0) == fits
         assert np.array_equal(volts32, volts64) == fits
 
 
 def _integrate_both(row, scale, shift, params):
+    """Integrate ``row`` in float32 and in float64; return each type's
+    voltages and count of inputs at or above the float32 bound."""
     current_keep, voltage_keep, threshold_state = params.kernel_args()[:3]
     results = []
     for dtype in (np.float32, np.float64):
         volts = np.empty_like(row)
-        _integrate(row, scale, shift, np.empty(row.shape[1], dtype),
-                   np.empty(row.shape[1], dtype), volts, np.empty_like(row),
-                   dtype(current_keep), dtype(voltage_keep),
-                   dtype(threshold_state))
-        results.append(volts)
+        _, too_large = _integrate(
+            row, scale, shift, np.empty(row.shape[1], dtype),
+            np.empty(row.shape[1], dtype), volts, np.empty_like(row),
+            np.empty(row.shape, np.uint8), dtype(current_keep),
+            dtype(voltage_keep), dtype(threshold_state), params.odd_keep)
+        results.append((volts, too_large))
     return results
 
 
 @numba.njit
-def _integrate(x, scale, shift, current, voltage, volts, spikes,
-               current_keep, voltage_keep, threshold_state):
+def _integrate(x, scale, shift, current, voltage, volts, spikes, spikes_u8,
+               current_keep, voltage_keep, threshold_state, odd_keep):
+    limit = kernels._float32_limit(x.shape[0], odd_keep)
     return kernels._integrate_row(x, scale, shift, current, voltage, volts,
-                                  spikes, current_keep, voltage_keep,
-                                  threshold_state)
-
-
-@numba.njit
-def _fits_float32(x, scale, shift, odd_keep):
-    return kernels._fits_float32(x, scale, shift, odd_keep)
+                                  spikes, spikes_u8, current_keep,
+                                  voltage_keep, threshold_state, limit)
 
 
 def test_threshold_is_strict_as_on_loihi():

@@ -119,22 +119,29 @@ def _copy_block(array, shape, first, last, block, to_block):
 
 @numba.njit(inline="always")
 def _integrate_row(x, scale, shift, current, voltage, volts, spikes,
-                   current_keep, voltage_keep, threshold_state):
+                   spikes_u8, current_keep, voltage_keep, threshold_state,
+                   limit):
     """Integrate one (T, C) row with SLAYER's integer CUBA dynamics.
 
-    Writes the spikes and the voltage before reset (in threshold units,
-    float32) to (T, C) arrays and returns the spike count. The state
+    Writes the spikes (float32 and uint8) and the voltage before reset
+    (in threshold units, float32) to (T, C) arrays. Returns the spike
+    count and the number of inputs with |y| >= ``limit``. The state
     arithmetic runs in the type of ``current``, ``voltage`` and the
-    constants: float64 is exact for states below 2**53, float32 where
-    ``_fits_float32`` returns True."""
+    constants: float64 is exact for states below 2**53, float32 while
+    no input reaches ``_float32_limit``."""
     n_steps, n_channels = x.shape
     current[:] = 0.0
     voltage[:] = 0.0
     count = 0
+    too_large = 0
     for t in range(n_steps):
-        x_t, volts_t, spikes_t = x[t], volts[t], spikes[t]
+        x_t, volts_t, spikes_t, u8_t = x[t], volts[t], spikes[t], \
+            spikes_u8[t]
         for c in range(n_channels):
             y = x_t[c] * scale[c] + shift[c]
+            # An integer count vectorises; a float max would not, without
+            # fastmath.
+            too_large += np.int32(np.abs(y) >= limit)
             # float32 * 4096 is exact: this equals SLAYER's int cast.
             drive = np.trunc(y * STATE_SCALE)
             u = np.trunc(current[c] * current_keep) + drive
@@ -147,46 +154,42 @@ def _integrate_row(x, scale, shift, current, voltage, volts, spikes,
             # same float32 voltage.
             volts_t[c] = np.float32(v) * np.float32(1 / STATE_SCALE)
             spikes_t[c] = np.float32(1.0) if fired else np.float32(0.0)
-    return count
+            u8_t[c] = np.uint8(fired)
+    return count, too_large
 
 
 @numba.njit(inline="always")
-def _fits_float32(x, scale, shift, odd_keep):
-    """Tell whether float32 integrates the (T, C) row ``x`` exactly.
+def _float32_limit(n_steps, odd_keep):
+    """Return the bound on |y| below which float32 integrates a row of
+    ``n_steps`` steps exactly.
 
     With D = max |trunc(4096 y)| over the row, |u| <= T D and |v| <= T^2 D
     (the decays only shrink the state). A product state * keep, with keep
     = m / 4096 and m = ``odd_keep`` times a power of two, is then exact
     while T^2 D ``odd_keep`` < 2**24, and so are the sums."""
-    n_steps, n_channels = x.shape
     exact_limit = FLOAT32_EXACT / (STATE_SCALE * n_steps * n_steps * odd_keep)
     # Rounded down, so that |y| below it keeps the bound.
-    limit = np.float32(exact_limit * (1.0 - 2.0**-20))
-    # An integer count vectorises; a float max would not, without fastmath.
-    too_large = 0
-    for t in range(n_steps):
-        x_t = x[t]
-        for c in range(n_channels):
-            too_large += np.int32(np.abs(x_t[c] * scale[c] + shift[c])
-                                  >= limit)
-    return too_large == 0
+    return np.float32(exact_limit * (1.0 - 2.0**-20))
 
 
 @numba.njit(inline="always")
 def _integrate_exact(x, scale, shift, state32, state64, volts, spikes,
-                     keeps, threshold_state, odd_keep):
-    """``_integrate_row`` in float32 where that is exact (16 lanes per
-    AVX-512 vector instead of 8), else in float64. ``state32`` and
-    ``state64`` are (2, C) scratch arrays, ``keeps`` the two decays'
-    keep factors."""
-    if _fits_float32(x, scale, shift, odd_keep):
-        return _integrate_row(x, scale, shift, state32[0], state32[1],
-                              volts, spikes, np.float32(keeps[0]),
-                              np.float32(keeps[1]),
-                              np.float32(threshold_state))
-    return _integrate_row(x, scale, shift, state64[0], state64[1], volts,
-                          spikes, np.float64(keeps[0]), np.float64(keeps[1]),
-                          np.float64(threshold_state))
+                     spikes_u8, keeps, threshold_state, odd_keep):
+    """``_integrate_row`` in float32 (16 lanes per AVX-512 vector instead
+    of 8), again in float64 for a row where float32 was not exact.
+    ``state32`` and ``state64`` are (2, C) scratch arrays, ``keeps`` the
+    two decays' keep factors. Returns the spike count."""
+    count, too_large = _integrate_row(
+        x, scale, shift, state32[0], state32[1], volts, spikes, spikes_u8,
+        np.float32(keeps[0]), np.float32(keeps[1]),
+        np.float32(threshold_state), _float32_limit(x.shape[0], odd_keep))
+    if too_large == 0:
+        return count
+    count, _ = _integrate_row(
+        x, scale, shift, state64[0], state64[1], volts, spikes, spikes_u8,
+        np.float64(keeps[0]), np.float64(keeps[1]),
+        np.float64(threshold_state), np.float32(np.inf))
+    return count
 
 
 @numba.njit(parallel=True, cache=True)
@@ -206,6 +209,7 @@ def forward_kernel(x, x_shape, spikes, spikes_shape, spikes_u8, scale,
         state32 = np.empty((2, n_channels), np.float32)
         state64 = np.empty((2, n_channels), np.float64)
         volts = np.empty((n_steps, n_channels), np.float32)  # unused here
+        scratch_u8 = np.empty((n_steps, n_channels), np.uint8)
         x_block = np.empty((0 if x_plain else block_rows, n_steps,
                             n_channels), np.float32)
         spikes_block = np.empty((0 if spikes_plain else block_rows, n_steps,
@@ -218,15 +222,12 @@ def forward_kernel(x, x_shape, spikes, spikes_shape, spikes_u8, scale,
                 else x_block[row - first]
             spikes_row = _plain_row(spikes, spikes_shape, row) \
                 if spikes_plain else spikes_block[row - first]
+            row_u8 = _plain_row(spikes_u8, spikes_shape, row) \
+                if spikes_u8.shape[0] > 0 else scratch_u8
             count += _integrate_exact(x_row, scale, shift, state32, state64,
-                                      volts, spikes_row,
+                                      volts, spikes_row, row_u8,
                                       (current_keep, voltage_keep),
                                       threshold_state, odd_keep)
-            if spikes_u8.shape[0] > 0:
-                row_u8 = _plain_row(spikes_u8, spikes_shape, row)
-                for t in range(n_steps):
-                    for c in range(n_channels):
-                        row_u8[t, c] = np.uint8(spikes_row[t, c])
         if not spikes_plain:
             _copy_block(spikes, spikes_shape, first, last, spikes_block,
                         False)
@@ -264,6 +265,7 @@ def backward_kernel(grad_spikes, grad_shape, grad_count, x, x_shape, scale,
         row_sums = np.empty((2, n_channels), np.float32)
         volts = np.empty((n_steps, n_channels), np.float32)
         spikes = np.empty((n_steps, n_channels), np.float32)  # unused here
+        scratch_u8 = np.empty((n_steps, n_channels), np.uint8)  # unused
         x_block = np.empty((0 if x_plain else block_rows, n_steps,
                             n_channels), np.float32)
         out_block = np.empty_like(x_block)
@@ -288,7 +290,7 @@ def backward_kernel(grad_spikes, grad_shape, grad_count, x, x_shape, scale,
             grad_row = _plain_row(grad_spikes, grad_shape, row) \
                 if grad_plain else grad_block[row - first]
             _integrate_exact(x_row, scale, shift, state32, state64, volts,
-                             spikes, (current_keep, voltage_keep),
+                             spikes, scratch_u8, (current_keep, voltage_keep),
                              threshold_state, odd_keep)
             voltage_grad[:] = 0.0
             current_grad[:] = 0.0
