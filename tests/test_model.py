@@ -230,6 +230,22 @@ def test_integer_gemm_equals_float_product(rate):
     assert (weight.grad != 0).any()
 
 
+@pytest.mark.parametrize("c_in", [64, 43], ids=["whole-words", "tail"])
+def test_sparse_weight_grad_equals_dense_product(c_in):
+    from neurodeploy.model.spike_matmul import sparse_weight_grad
+    torch.manual_seed(12)
+    grad = torch.randn(300, 24)
+    # Rows of every density, so that zero and non-zero words both occur.
+    rates = torch.linspace(0.0, 0.6, 300)[:, None]
+    spikes = torch.rand(300, c_in) < rates
+
+    got = sparse_weight_grad(grad, spikes.to(torch.uint8))
+    expected = grad.double().t() @ spikes.double()
+
+    assert got.shape == (24, c_in)
+    assert torch.allclose(got.double(), expected, atol=1e-4)
+
+
 def test_quantized_mantissa_equals_quantize_weight():
     from neurodeploy.model.spike_matmul import WEIGHT_STEP, quantized_mantissa
     torch.manual_seed(11)

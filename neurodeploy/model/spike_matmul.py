@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 
 import numba
 import numpy as np
@@ -43,9 +44,9 @@ SPIKE_COUNT = "neurodeploy_spike_count"
 WEIGHT_STEP = 1 / 32  # SLAYER's quantize_8bit: mantissa steps of 2/64
 K_MIN, K_MAX = -128, 127  # 8-bit signed mantissa (of 2/64), exponent 0
 # Firing rate below which the sparse weight gradient beats the dense GEMM.
-# The two take equal time between rates 0.1 and 0.2 on 2 AVX-512 cores,
-# as timed by `python benchmarks/train_bench.py` (docs/benchmarks.md).
-SPARSE_RATE = 0.15
+# The two took equal time near a rate of 0.11 for (8192, 128) spikes and
+# 384 outputs on 2 Sapphire Rapids cores (docs/benchmarks.md).
+SPARSE_RATE = 0.1
 WEIGHT_GRAD_BLOCKS = 4  # row blocks, each with its own accumulator
 
 
@@ -132,9 +133,15 @@ def sparse_weight_grad(grad_out: torch.Tensor,
     """``grad_out.T @ spikes`` for (M, C_out) float32 gradients and
     (M, C_in) uint8 spikes, summing only where spikes are 1."""
     c_out, c_in = grad_out.shape[1], spikes_u8.shape[1]
+    spikes = spikes_u8.contiguous().numpy()
+    # 8 spikes per 64-bit word: at low rates most words are 0 and are
+    # skipped in one test. The kernel reads the channels past the last
+    # whole word one by one (all of them on a big-endian machine).
+    whole = c_in - c_in % 8 if sys.byteorder == "little" else 0
+    words = np.ascontiguousarray(spikes[:, :whole]).view(np.uint64)
     partial = np.empty((WEIGHT_GRAD_BLOCKS, c_in, c_out), np.float32)
-    _weight_grad_kernel(grad_out.contiguous().numpy(),
-                        spikes_u8.contiguous().numpy(), partial)
+    _weight_grad_kernel(grad_out.contiguous().numpy(), words, spikes,
+                        partial)
     return torch.from_numpy(partial.sum(axis=0).T.copy())
 
 
@@ -149,22 +156,35 @@ def _count_spikes(spikes):
 
 
 @numba.njit(parallel=True, cache=True)
-def _weight_grad_kernel(grad, spikes, partial):
+def _weight_grad_kernel(grad, words, spikes, partial):
     """Write, per row block, partial[block, i] = the sum of the grad rows
-    whose spike i is 1."""
+    whose spike i is 1. ``words`` holds the spikes 8 to a uint64 word,
+    ``spikes`` the same spikes one per byte."""
     n_rows, c_in = spikes.shape
+    n_words = words.shape[1]
     n_blocks = partial.shape[0]
     for block in numba.prange(n_blocks):
         total = partial[block]
         total[:] = 0.0
         for row in range(block * n_rows // n_blocks,
                          (block + 1) * n_rows // n_blocks):
-            grad_row, spikes_row = grad[row], spikes[row]
-            for i in range(c_in):
+            grad_row, words_row, spikes_row = grad[row], words[row], \
+                spikes[row]
+            for w in range(n_words):
+                if words_row[w] == 0:
+                    continue
+                for i in range(8 * w, 8 * w + 8):
+                    if spikes_row[i]:
+                        _add_row(total[i], grad_row)
+            for i in range(8 * n_words, c_in):
                 if spikes_row[i]:
-                    total_i = total[i]
-                    for o in range(grad_row.shape[0]):
-                        total_i[o] += grad_row[o]
+                    _add_row(total[i], grad_row)
+
+
+@numba.njit(inline="always")
+def _add_row(total, row):
+    for o in range(row.shape[0]):
+        total[o] += row[o]
 
 
 def _integer_gemm(spikes_u8: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
