@@ -158,7 +158,7 @@ def _count_spikes(spikes):
 @numba.njit(parallel=True, cache=True)
 def _weight_grad_kernel(grad, words, spikes, partial):
     """Write, per row block, partial[block, i] = the sum of the grad rows
-    whose spike i is 1. ``words`` holds the spikes 8 to a uint64 word,
+    whose spike i is 1. ``words`` contains the spikes 8 to a uint64 word,
     ``spikes`` the same spikes one per byte."""
     n_rows, c_in = spikes.shape
     n_words = words.shape[1]
