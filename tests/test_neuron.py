@@ -21,12 +21,18 @@ PARAMETERS = [
 ]
 
 
+def _slayer_neuron(params):
+    threshold, current_decay, voltage_decay, tau_grad, scale_grad = params
+    return slayer.neuron.cuba.Neuron(
+        threshold=threshold, current_decay=current_decay,
+        voltage_decay=voltage_decay, tau_grad=tau_grad,
+        scale_grad=scale_grad)
+
+
 @pytest.mark.parametrize("params", PARAMETERS, ids=str)
 def test_spikes_match_slayer_bit_exactly(params):
     torch.manual_seed(0)
-    reference = slayer.neuron.cuba.Neuron(
-        threshold=params[0], current_decay=params[1],
-        voltage_decay=params[2], tau_grad=params[3], scale_grad=params[4])
+    reference = _slayer_neuron(params)
     x = torch.randn(64, 48, 16) * 1.5
 
     expected = reference(x)
@@ -39,9 +45,7 @@ def test_spikes_match_slayer_bit_exactly(params):
 @pytest.mark.parametrize("params", PARAMETERS, ids=str)
 def test_gradients_match_slayer(params):
     torch.manual_seed(1)
-    reference = slayer.neuron.cuba.Neuron(
-        threshold=params[0], current_decay=params[1],
-        voltage_decay=params[2], tau_grad=params[3], scale_grad=params[4])
+    reference = _slayer_neuron(params)
     x_ref = (torch.randn(32, 24, 8) * 1.5).requires_grad_()
     x_new = x_ref.detach().clone().requires_grad_()
     weights = torch.randn(32, 24, 8)
@@ -57,9 +61,7 @@ def test_large_inputs_match_slayer(params):
     # Rows whose states outgrow float32's exact integers take the float64
     # path, mixed in one batch with rows that take the float32 path.
     torch.manual_seed(2)
-    reference = slayer.neuron.cuba.Neuron(
-        threshold=params[0], current_decay=params[1],
-        voltage_decay=params[2], tau_grad=params[3], scale_grad=params[4])
+    reference = _slayer_neuron(params)
     x = torch.randn(16, 24, 16) * 1.5
     x[::2] = x[::2] * 400.0 - 200.0
 
