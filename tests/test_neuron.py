@@ -306,8 +306,7 @@ def test_vector_width_follows_avx512():
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["kernels", "tensor"])
-def test_residual_add_with_norm_equals_batch_norm_then_add(compiled,
-                                                           monkeypatch):
+def test_add_batch_norm_matches_torch(compiled, monkeypatch):
     if not compiled:
         monkeypatch.setattr(kernels, "use_kernels", lambda tensor: False)
     torch.manual_seed(10)
