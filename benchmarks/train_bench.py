@@ -308,24 +308,32 @@ def training_throughput(spec_name: str, window: int = 100) -> dict:
     }
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text}: it must be a positive integer")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo",
                         help="spec name or path (default: demo)")
-    parser.add_argument("--rounds", type=int, default=6,
+    parser.add_argument("--rounds", type=_positive, default=6,
                         help="rounds per process, each of BLOCK SNN steps "
                         "and BLOCK ANN steps (default: 6)")
-    parser.add_argument("--block", type=int, default=5,
+    parser.add_argument("--block", type=_positive, default=5,
                         help="steps of one model before the other's "
                         "(default: 5)")
-    parser.add_argument("--processes", type=int, default=5,
+    parser.add_argument("--processes", type=_positive, default=5,
                         help="fresh processes; the report gives the median "
                         "of their SNN/ANN ratios (default: 5)")
     parser.add_argument("--quality", action="store_true",
                         help="also run full trainings of both models")
     parser.add_argument("--training", action="store_true",
-                        help="also train both models step by step in turn "
-                        "and time the whole run (~4 minutes)")
+                        help="also train both models in turn, 100 steps "
+                        "at a time, and time the whole run (~5 minutes)")
     parser.add_argument("--single", action="store_true",
                         help="one process's throughput only (internal)")
     parser.add_argument("--profile", action="store_true",

@@ -286,6 +286,13 @@ def _new_tokenizer(spec: Spec, text: str):
     return data.CharTokenizer.from_text(text)
 
 
+# Training settings a resumed run may change: the seed has its own check
+# and message, and the others leave the trajectory alone (steps changes
+# the schedule's length, and a warning says so).
+RESUMABLE_CHANGES = ("seed", "steps", "eval_interval", "eval_batches",
+                     "checkpoint_interval")
+
+
 def _resume_state(checkpoint_path: Path, spec: Spec) -> dict:
     """Load a checkpoint to resume and check it belongs to ``spec``."""
     if not checkpoint_path.is_file():
@@ -295,14 +302,19 @@ def _resume_state(checkpoint_path: Path, spec: Spec) -> dict:
         )
     state = load_checkpoint(checkpoint_path)
     saved = state["spec"]
-    if saved.model != spec.model:
-        diff = {k: (v, getattr(spec.model, k))
-                for k, v in dataclasses.asdict(saved.model).items()
-                if getattr(spec.model, k) != v}
+    changed = _changed_fields(saved.model, spec.model)
+    if changed:
         raise NeurodeployError(
             f"cannot resume: {checkpoint_path} was trained with another "
-            f"model (field: (checkpoint, requested) = {diff}); use the same "
-            "--model and --set options, or a new --out folder"
+            f"model ({changed}); use the same --model and --set options, "
+            "or a new --out folder"
+        )
+    changed = _changed_fields(saved.train, spec.train, RESUMABLE_CHANGES)
+    if changed:
+        raise NeurodeployError(
+            f"cannot resume: {checkpoint_path} was trained with other "
+            f"training settings ({changed}); use the same --set options, "
+            "or a new --out folder"
         )
     if saved.train.seed != spec.train.seed:
         raise NeurodeployError(
@@ -314,7 +326,22 @@ def _resume_state(checkpoint_path: Path, spec: Spec) -> dict:
             f"cannot resume: the checkpoint is at step {state['step']}, "
             f"beyond --steps {spec.train.steps}; pass a larger --steps"
         )
+    if saved.train.steps != spec.train.steps:
+        log.warning("resuming a run of %d steps as one of %d: the learning "
+                    "rate now decays over the new length, so the result "
+                    "differs from an uninterrupted run of either length",
+                    saved.train.steps, spec.train.steps)
     return state
+
+
+def _changed_fields(saved, requested, allowed=()) -> str:
+    """List the fields of two spec sections that differ, outside
+    ``allowed``, as 'name: checkpoint X, requested Y'."""
+    return "; ".join(
+        f"{name}: checkpoint {value!r}, requested "
+        f"{getattr(requested, name)!r}"
+        for name, value in dataclasses.asdict(saved).items()
+        if name not in allowed and getattr(requested, name) != value)
 
 
 class _Run:

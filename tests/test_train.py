@@ -181,6 +181,30 @@ def test_resume_with_other_seed(tiny_spec, corpus_file, tmp_path):
         train(other, str(corpus_file), tmp_path, resume=True, progress=False)
 
 
+def test_resume_with_other_training_settings(tiny_spec, corpus_file,
+                                              tmp_path):
+    train(tiny_spec, str(corpus_file), tmp_path, progress=False,
+          stop_after=2)
+    other = apply_overrides(tiny_spec, ["learning_rate=0.005"])
+    with pytest.raises(NeurodeployError,
+                       match="learning_rate: checkpoint .*requested 0.005"):
+        train(other, str(corpus_file), tmp_path, resume=True, progress=False)
+
+
+def test_resume_with_more_steps_warns(tiny_spec, corpus_file, tmp_path,
+                                      caplog):
+    train(tiny_spec, str(corpus_file), tmp_path, progress=False,
+          stop_after=2)
+    longer = apply_overrides(tiny_spec, [f"steps={tiny_spec.train.steps + 2}",
+                                         "eval_interval=1"])
+
+    summary = train(longer, str(corpus_file), tmp_path, resume=True,
+                    progress=False)
+
+    assert summary["resumed_from"] == 2
+    assert "differs from an uninterrupted run" in caplog.text
+
+
 def test_resume_with_other_corpus(tiny_spec, corpus_file, tmp_path):
     train(tiny_spec, str(corpus_file), tmp_path / "run", progress=False,
           stop_after=2)
