@@ -286,9 +286,9 @@ def _new_tokenizer(spec: Spec, text: str):
     return data.CharTokenizer.from_text(text)
 
 
-# Training settings a resumed run may change: the seed has its own check
-# and message, and the others leave the trajectory alone (steps changes
-# the schedule's length, and a warning says so).
+# Training settings a resumed run may change. The seed has its own check
+# and message. The others leave the trajectory alone, except steps, which
+# changes the schedule's length and logs a warning.
 RESUMABLE_CHANGES = ("seed", "steps", "eval_interval", "eval_batches",
                      "checkpoint_interval")
 
@@ -335,8 +335,8 @@ def _resume_state(checkpoint_path: Path, spec: Spec) -> dict:
 
 
 def _changed_fields(saved, requested, allowed=()) -> str:
-    """List the fields of two spec sections that differ, outside
-    ``allowed``, as 'name: checkpoint X, requested Y'."""
+    """Return the fields of two spec sections that differ, outside
+    ``allowed``, as 'name: checkpoint X, requested Y' joined by '; '."""
     return "; ".join(
         f"{name}: checkpoint {value!r}, requested "
         f"{getattr(requested, name)!r}"
