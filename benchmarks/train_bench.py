@@ -178,7 +178,8 @@ def profile_shares(spec_name: str, steps: int) -> dict:
             setattr(cls, method, staticmethod(originals[name]))
 
     shares = {name: 100 * value / total for name, value in seconds.items()}
-    shares["the rest: torch batch norms, adds, optimizer, Python"] = \
+    shares["the rest: output norms with the residual add, optimizer, "
+           "Python"] = \
         100 - sum(shares.values())
     shares = {name: round(value, 1) for name, value in shares.items()}
     return {"step_ms": round(1000 * total / steps, 1), "percent": shares}

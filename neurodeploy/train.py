@@ -97,16 +97,15 @@ def evaluate(model, corpus: data.Corpus, spec: Spec, device,
     total_loss, correct, count = 0.0, 0, 0
     batches = tqdm(range(spec.train.eval_batches), desc="validation",
                    unit="batch", leave=False, disable=not progress)
-    with torch.no_grad():
-        for _ in batches:
-            x, y = data.sample_batch(corpus.val, spec.model.context,
-                                     spec.train.batch_size, generator)
-            x, y = x.to(device), y.to(device)
-            logits = model(x)
-            total_loss += F.cross_entropy(
-                logits.flatten(0, 1), y.flatten(), reduction="sum").item()
-            correct += (logits.argmax(-1) == y).sum().item()
-            count += y.numel()
+    for _ in batches:
+        x, y = data.sample_batch(corpus.val, spec.model.context,
+                                 spec.train.batch_size, generator)
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        total_loss += F.cross_entropy(
+            logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+        correct += (logits.argmax(-1) == y).sum().item()
+        count += y.numel()
     model.train(was_training)
 
     nats_per_char = total_loss / count / corpus.chars_per_token

@@ -16,7 +16,7 @@ ROUNDS_SCRIPT = """
 import json, resource, sys
 import torch
 from neurodeploy import heap
-kept = heap.keep_freed_memory() if sys.argv[1] == "keep" else False
+applied = heap.keep_freed_memory() if sys.argv[1] == "keep" else False
 faults = []
 for _ in range(12):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -24,7 +24,7 @@ for _ in range(12):
     del tensors
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                   - before)
-print(json.dumps({"kept": kept, "faults": faults}))
+print(json.dumps({"applied": applied, "faults": faults}))
 """
 
 glibc = pytest.mark.skipif(
@@ -45,7 +45,7 @@ def test_freed_memory_is_reused_without_page_faults():
     default = _rounds("default")
     kept_heap = _rounds("keep")
 
-    assert kept_heap["kept"] is True
+    assert kept_heap["applied"] is True
     pages = 3 * (20 << 20) // 4096
     # The kept heap grows for a few rounds and then faults in almost no
     # pages (about 1,000 per round with PyTorch's huge-page alignment,
@@ -57,10 +57,10 @@ def test_freed_memory_is_reused_without_page_faults():
 
 @glibc
 def test_user_malloc_settings_win():
-    assert _rounds("keep", MALLOC_TRIM_THRESHOLD_="131072")["kept"] is False
+    assert _rounds("keep", MALLOC_TRIM_THRESHOLD_="131072")["applied"] is False
     assert _rounds(
         "keep", GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072"
-    )["kept"] is False
+    )["applied"] is False
 
 
 def test_other_c_libraries_are_left_alone(monkeypatch):

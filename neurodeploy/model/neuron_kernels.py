@@ -48,9 +48,14 @@ def prefer_wide_vectors() -> None:
     """
     if numba.config.CPU_FEATURES is not None:
         return
-    features = get_host_cpu_features()
-    if "+avx512f" in features.split(","):
-        numba.config.CPU_FEATURES = features + ",-prefer-256-bit"
+    if "+avx512f" in host_cpu_features():
+        numba.config.CPU_FEATURES = get_host_cpu_features() \
+            + ",-prefer-256-bit"
+
+
+def host_cpu_features() -> set[str]:
+    """Return LLVM's names of this CPU's features, such as '+avx512f'."""
+    return set(get_host_cpu_features().split(","))
 
 
 prefer_wide_vectors()

@@ -20,10 +20,10 @@ from __future__ import annotations
 import functools
 
 import torch
-from numba.core.codegen import get_host_cpu_features
 from torch import nn
 
 from ..spec import ModelSpec
+from . import neuron_kernels as kernels
 from .batch_norm import add_batch_norm
 from .layers import SpikeEncoder, SpikeLinear, make_norm
 from .neuron import CubaLIF, CubaParams
@@ -156,7 +156,7 @@ def _bf16_scores() -> bool:
     in a training step. On a Sapphire Rapids Xeon, whose float32 GEMMs are
     faster, float32 took 1.5 ms (1.6 %) less of a demo step; CPUs with
     AMX (a Xeon feature since Sapphire Rapids) keep float32."""
-    amx = "+amx-bf16" in get_host_cpu_features().split(",")
+    amx = "+amx-bf16" in kernels.host_cpu_features()
     return torch.backends.mkldnn.is_available() and not amx \
         and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
@@ -238,8 +238,9 @@ class Branch(nn.Module):
         if self.residual == "membrane":
             spikes = self.lif(stream)
             norm = self.body.output.fusable_norm()
-            if norm is not None and not (self.training and self.dropout.p):
-                # In training, the output norm runs in the add's pass.
+            if norm is not None and not self.dropout.p:
+                # A norm is fusable in training only. It then runs in the
+                # add's pass.
                 out = self.body(spikes, batch, apply_norm=False)
                 return add_batch_norm(stream, out, norm)
             return stream + self.dropout(self.body(spikes, batch))
