@@ -344,7 +344,7 @@ def main() -> None:
                         "spiking checkpoint, sparse weight gradients on "
                         "and off")
     args = parser.parse_args()
-    # As the trainer does; both models then run with the same heap settings.
+    # The trainer's heap settings, the same for both models.
     from neurodeploy import heap
     heap_settings = heap.keep_freed_memory()
     if args.single:

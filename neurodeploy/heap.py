@@ -16,8 +16,8 @@ heap keeps what a step frees for the next one. The price is that the
 process holds on to its peak heap size until it exits.
 
 It also turns on PyTorch's transparent huge pages for large CPU tensors.
-``python benchmarks/train_bench.py --single``, three runs each way, gave
-SNN/ANN ratios of 0.225-0.229 without them and 0.233-0.234 with them:
+``python benchmarks/train_bench.py --single``, three runs each way (then
+alternating single steps of the two models), gave SNN/ANN ratios of 0.225-0.229 without them and 0.233-0.234 with them:
 the neuron kernels, which stream through memory, gain and the ANN does
 not.
 """

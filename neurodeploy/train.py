@@ -138,7 +138,8 @@ def train(spec: Spec, corpus_path: str | None, out_dir: str | Path,
     process keeps its peak heap from then on (``heap.keep_freed_memory``).
     """
     _check_memory(spec, device)
-    # Before the corpus: huge pages apply only from here on.
+    # Before the corpus is loaded, because PyTorch reads the huge-page
+    # setting at its first large allocation.
     if torch.device(device).type == "cpu" and heap.keep_freed_memory():
         log.debug("the heap keeps freed memory for the next step")
     out_dir = Path(out_dir)

@@ -9,9 +9,8 @@ import pytest
 
 from neurodeploy import heap
 
-# Three 20 MB tensors per round: together above glibc's default trim
-# threshold once its dynamic mmap threshold has risen to 20 MB, so with
-# the defaults each round gives the memory back and faults it in again.
+# Three 20 MB tensors per round. With glibc's defaults each round gave
+# their memory back and faulted it in again (measured by this test).
 ROUNDS_SCRIPT = """
 import json, resource, sys
 import torch
