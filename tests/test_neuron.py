@@ -94,9 +94,10 @@ def _integrate_both(row, scale, shift, params):
     results = []
     for dtype in (np.float32, np.float64):
         volts = np.empty_like(row)
-        _, too_large = _integrate(
+        too_large = _integrate(
             row, scale, shift, np.empty(row.shape[1], dtype),
-            np.empty(row.shape[1], dtype), volts, np.empty_like(row),
+            np.empty(row.shape[1], dtype),
+            np.empty(row.shape[1], np.int32), volts, np.empty_like(row),
             np.empty(row.shape, np.uint8), dtype(current_keep),
             dtype(voltage_keep), dtype(threshold_state), params.odd_keep)
         results.append((volts, too_large))
@@ -104,12 +105,14 @@ def _integrate_both(row, scale, shift, params):
 
 
 @numba.njit
-def _integrate(x, scale, shift, current, voltage, volts, spikes, spikes_u8,
-               current_keep, voltage_keep, threshold_state, odd_keep):
+def _integrate(x, scale, shift, current, voltage, over_limit, volts, spikes,
+               spikes_u8, current_keep, voltage_keep, threshold_state,
+               odd_keep):
     limit = kernels._float32_limit(x.shape[0], odd_keep)
-    return kernels._integrate_row(x, scale, shift, current, voltage, volts,
-                                  spikes, spikes_u8, current_keep,
-                                  voltage_keep, threshold_state, limit)
+    return kernels._integrate_row(x, scale, shift, current, voltage,
+                                  over_limit, volts, spikes, spikes_u8,
+                                  current_keep, voltage_keep,
+                                  threshold_state, limit)
 
 
 def test_threshold_is_strict_as_on_loihi():

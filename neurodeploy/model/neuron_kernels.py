@@ -123,30 +123,31 @@ def _copy_block(array, shape, first, last, block, to_block):
 
 
 @numba.njit(inline="always")
-def _integrate_row(x, scale, shift, current, voltage, volts, spikes,
-                   spikes_u8, current_keep, voltage_keep, threshold_state,
-                   limit):
+def _integrate_row(x, scale, shift, current, voltage, over_limit, volts,
+                   spikes, spikes_u8, current_keep, voltage_keep,
+                   threshold_state, limit):
     """Integrate one (T, C) row with SLAYER's integer CUBA dynamics.
 
     Writes the spikes (float32 and uint8) and the voltage before reset
-    (in threshold units, float32) to (T, C) arrays. Returns the spike
-    count and the number of inputs with |y| >= ``limit``. The state
-    arithmetic runs in the type of ``current``, ``voltage`` and the
-    constants: float64 is exact for states below 2**53, float32 while
-    no input reaches ``_float32_limit``."""
+    (in threshold units, float32) to (T, C) arrays. Returns the number of
+    inputs with |y| >= ``limit``, counted per channel in the int32
+    scratch array ``over_limit`` first. The state arithmetic runs in the
+    type of ``current``, ``voltage`` and the constants: float64 is exact
+    for states below 2**53, float32 while no input reaches
+    ``_float32_limit``."""
     n_steps, n_channels = x.shape
     current[:] = 0.0
     voltage[:] = 0.0
-    count = 0
-    too_large = 0
+    over_limit[:] = 0
     for t in range(n_steps):
         x_t, volts_t, spikes_t, u8_t = x[t], volts[t], spikes[t], \
             spikes_u8[t]
         for c in range(n_channels):
             y = x_t[c] * scale[c] + shift[c]
-            # An integer count vectorises; a float max would not, without
-            # fastmath.
-            too_large += np.int32(np.abs(y) >= limit)
+            # A count per channel: numba types a scalar count as a 64-bit
+            # integer, which halves the vector width of the loop, and a
+            # float max would not vectorise without fastmath.
+            over_limit[c] += np.int32(np.abs(y) >= limit)
             # float32 * 4096 is exact: this equals SLAYER's int cast.
             drive = np.trunc(y * STATE_SCALE)
             u = np.trunc(current[c] * current_keep) + drive
@@ -154,13 +155,22 @@ def _integrate_row(x, scale, shift, current, voltage, volts, spikes,
             fired = v > threshold_state
             current[c] = u
             voltage[c] = 0.0 if fired else v
-            count += np.int64(fired)
             # Scaling by 2**-12 is exact, so both state types give the
             # same float32 voltage.
             volts_t[c] = np.float32(v) * np.float32(1 / STATE_SCALE)
             spikes_t[c] = np.float32(1.0) if fired else np.float32(0.0)
             u8_t[c] = np.uint8(fired)
-    return count, too_large
+    return over_limit.sum()
+
+
+@numba.njit(inline="always")
+def _add_spikes(counts, spikes_u8):
+    """Add the spikes of a (T, C) uint8 row to the int32 ``counts`` of
+    its channels."""
+    for t in range(spikes_u8.shape[0]):
+        row = spikes_u8[t]
+        for c in range(row.shape[0]):
+            counts[c] += np.int32(row[c])
 
 
 @numba.njit(inline="always")
@@ -178,23 +188,21 @@ def _float32_limit(n_steps, odd_keep):
 
 
 @numba.njit(inline="always")
-def _integrate_exact(x, scale, shift, state32, state64, volts, spikes,
-                     spikes_u8, keeps, threshold_state, odd_keep):
+def _integrate_exact(x, scale, shift, state32, state64, over_limit, volts,
+                     spikes, spikes_u8, keeps, threshold_state, odd_keep):
     """``_integrate_row`` in float32 (16 lanes per AVX-512 vector instead
     of 8), again in float64 for a row where float32 was not exact.
-    ``state32`` and ``state64`` are (2, C) scratch arrays, ``keeps`` the
-    two decays' keep factors. Returns the spike count."""
-    count, too_large = _integrate_row(
-        x, scale, shift, state32[0], state32[1], volts, spikes, spikes_u8,
-        np.float32(keeps[0]), np.float32(keeps[1]),
+    ``state32`` and ``state64`` are (2, C) scratch arrays, ``over_limit``
+    a (C,) int32 one, ``keeps`` the two decays' keep factors."""
+    too_large = _integrate_row(
+        x, scale, shift, state32[0], state32[1], over_limit, volts, spikes,
+        spikes_u8, np.float32(keeps[0]), np.float32(keeps[1]),
         np.float32(threshold_state), _float32_limit(x.shape[0], odd_keep))
-    if too_large == 0:
-        return count
-    count, _ = _integrate_row(
-        x, scale, shift, state64[0], state64[1], volts, spikes, spikes_u8,
-        np.float64(keeps[0]), np.float64(keeps[1]),
-        np.float64(threshold_state), np.float32(np.inf))
-    return count
+    if too_large > 0:
+        _integrate_row(
+            x, scale, shift, state64[0], state64[1], over_limit, volts,
+            spikes, spikes_u8, np.float64(keeps[0]), np.float64(keeps[1]),
+            np.float64(threshold_state), np.float32(np.inf))
 
 
 @numba.njit(parallel=True, cache=True)
@@ -213,6 +221,8 @@ def forward_kernel(x, x_shape, spikes, spikes_shape, spikes_u8, scale,
         first, last = _block_range(block, n_rows, n_blocks)
         state32 = np.empty((2, n_channels), np.float32)
         state64 = np.empty((2, n_channels), np.float64)
+        over_limit = np.empty(n_channels, np.int32)
+        channel_counts = np.zeros(n_channels, np.int32)
         volts = np.empty((n_steps, n_channels), np.float32)  # unused here
         scratch_u8 = np.empty((n_steps, n_channels), np.uint8)
         x_block = np.empty((0 if x_plain else block_rows, n_steps,
@@ -221,7 +231,6 @@ def forward_kernel(x, x_shape, spikes, spikes_shape, spikes_u8, scale,
                                  n_channels), np.float32)
         if not x_plain:
             _copy_block(x, x_shape, first, last, x_block, True)
-        count = 0
         for row in range(first, last):
             x_row = _plain_row(x, x_shape, row) if x_plain \
                 else x_block[row - first]
@@ -229,14 +238,15 @@ def forward_kernel(x, x_shape, spikes, spikes_shape, spikes_u8, scale,
                 if spikes_plain else spikes_block[row - first]
             row_u8 = _plain_row(spikes_u8, spikes_shape, row) \
                 if spikes_u8.shape[0] > 0 else scratch_u8
-            count += _integrate_exact(x_row, scale, shift, state32, state64,
-                                      volts, spikes_row, row_u8,
-                                      (current_keep, voltage_keep),
-                                      threshold_state, odd_keep)
+            _integrate_exact(x_row, scale, shift, state32, state64,
+                             over_limit, volts, spikes_row, row_u8,
+                             (current_keep, voltage_keep), threshold_state,
+                             odd_keep)
+            _add_spikes(channel_counts, row_u8)
         if not spikes_plain:
             _copy_block(spikes, spikes_shape, first, last, spikes_block,
                         False)
-        counts[block] = count
+        counts[block] = channel_counts.sum()
 
 
 @numba.njit(parallel=True, cache=True)
@@ -267,6 +277,7 @@ def backward_kernel(grad_spikes, grad_shape, grad_count, x, x_shape, scale,
         first, last = _block_range(block, n_rows, n_blocks)
         state32 = np.empty((2, n_channels), np.float32)
         state64 = np.empty((2, n_channels), np.float64)
+        over_limit = np.empty(n_channels, np.int32)
         row_sums = np.empty((2, n_channels), np.float32)
         volts = np.empty((n_steps, n_channels), np.float32)
         spikes = np.empty((n_steps, n_channels), np.float32)  # unused here
@@ -294,9 +305,10 @@ def backward_kernel(grad_spikes, grad_shape, grad_count, x, x_shape, scale,
                 x_row, out_row = x_block[row - first], out_block[row - first]
             grad_row = _plain_row(grad_spikes, grad_shape, row) \
                 if grad_plain else grad_block[row - first]
-            _integrate_exact(x_row, scale, shift, state32, state64, volts,
-                             spikes, scratch_u8, (current_keep, voltage_keep),
-                             threshold_state, odd_keep)
+            _integrate_exact(x_row, scale, shift, state32, state64,
+                             over_limit, volts, spikes, scratch_u8,
+                             (current_keep, voltage_keep), threshold_state,
+                             odd_keep)
             voltage_grad[:] = 0.0
             current_grad[:] = 0.0
             row_sums[:] = 0.0
