@@ -278,3 +278,41 @@ def test_split_attention_equals_autograd_attention():
 
     assert torch.equal(y, expected)
     assert torch.allclose(qkv.grad, reference.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("rate, d_head", [(0.05, 5), (0.3, 64)])
+@pytest.mark.parametrize("shift, by_position", [(1, True), (0, False)])
+def test_sparse_attention_equals_dense(rate, d_head, shift, by_position):
+    # The compiled sparse kernels (forced by a rate of 0) against the
+    # batched products, on spikes sparse and dense.
+    from neurodeploy.model.snn import _SplitAttention, attend_heads
+    torch.manual_seed(11)
+    qkv = (torch.rand(3, 2, 3, 2, 9, d_head) < rate).float()
+    qkv.requires_grad_()
+    reference = qkv.detach().clone().requires_grad_()
+    grad = torch.randn(2, 3, 2, 9, d_head)
+
+    y = _SplitAttention.apply(qkv, shift, by_position, 0.0)
+    expected = attend_heads(*reference.unbind(0), shift, by_position)
+    (y * grad).sum().backward()
+    (expected * grad).sum().backward()
+
+    assert torch.equal(y, expected)
+    assert torch.allclose(qkv.grad, reference.grad, atol=1e-5)
+    assert qkv.grad.abs().sum() > 0
+
+
+def test_sparse_attention_needs_a_known_rate(monkeypatch):
+    # Without a rate (evaluation) or above the thresholds the dense
+    # products run: a sparse kernel that raises must not be called.
+    from neurodeploy.model import attention_kernels
+    from neurodeploy.model.snn import _SplitAttention
+
+    def fail(*args):
+        raise AssertionError("sparse kernel called")
+
+    monkeypatch.setattr(attention_kernels, "sparse_attention_forward", fail)
+    monkeypatch.setattr(attention_kernels, "sparse_attention_backward", fail)
+    qkv = torch.ones(3, 1, 2, 1, 4, 3, requires_grad=True)
+    for rate in (None, 0.5):
+        _SplitAttention.apply(qkv, 0, True, rate).sum().backward()

@@ -23,10 +23,16 @@ import torch
 from torch import nn
 
 from ..spec import ModelSpec
+from . import attention_kernels
 from . import neuron_kernels as kernels
 from .batch_norm import add_batch_norm
 from .layers import SpikeEncoder, SpikeLinear, make_norm
 from .neuron import CubaLIF, CubaParams
+
+# Q|K|V firing rates below which the sparse attention kernels beat the
+# batched dense products in a training step (docs/benchmarks.md).
+SPARSE_FORWARD_RATE = 0.06
+SPARSE_BACKWARD_RATE = 0.03
 
 
 def neuron_params(model: ModelSpec) -> CubaParams:
@@ -75,7 +81,9 @@ class SpikingSelfAttention(nn.Module):
         # in that layout: no copies around the matrix products.
         qkv = linear_lif(self.qkv, self.qkv_lif, s,
                          heads=(batch, self.n_heads, 3))
-        y = _SplitAttention.apply(qkv, self.shift, self.position_shift)
+        rate = self.qkv_lif.rate
+        y = _SplitAttention.apply(qkv, self.shift, self.position_shift,
+                                  None if rate is None else float(rate))
         return self.out(self.attention_lif(y), apply_norm=apply_norm)
 
 
@@ -167,13 +175,28 @@ class _SplitAttention(torch.autograd.Function):
 
     The backward pass writes the three gradients into one tensor of that
     layout, which the neuron kernel reads. Autograd would stack them in a
-    copy of its own."""
+    copy of its own. ``rate``, the firing rate of Q|K|V when known, picks
+    the compiled sparse kernels (``attention_kernels``) on a CPU below
+    ``SPARSE_FORWARD_RATE`` and ``SPARSE_BACKWARD_RATE``."""
 
     @staticmethod
-    def forward(ctx, qkv, shift, position_shift):
+    def forward(ctx, qkv, shift, position_shift, rate=None):
         _, b, t, h, p, d = qkv.shape
-        q, k, v = (part.view(b * t * h, p, d) for part in qkv)
         weights = _causal_weights(p, shift, position_shift, qkv.device)
+        sparse = qkv.device.type == "cpu" and rate is not None \
+            and d <= attention_kernels.MAX_CHANNELS
+        ctx.sparse_backward = sparse and rate < SPARSE_BACKWARD_RATE
+        ctx.row_scale = weights.diagonal().contiguous().numpy() \
+            if sparse else None
+        if sparse and rate < SPARSE_FORWARD_RATE:
+            y = qkv.new_empty(b, t, h, p, d)
+            attention_kernels.sparse_attention_forward(
+                _matrices(qkv).numpy(), ctx.row_scale,
+                y.view(-1, p, d).numpy())
+            ctx.save_for_backward(qkv, None, weights)
+            return y
+
+        q, k, v = _matrices(qkv)
         scores = _spike_scores(q, k).mul_(weights)
         ctx.save_for_backward(qkv, scores, weights)
         return torch.bmm(scores, v).view(b, t, h, p, d)
@@ -182,17 +205,28 @@ class _SplitAttention(torch.autograd.Function):
     def backward(ctx, grad_y):
         qkv, scores, weights = ctx.saved_tensors
         _, b, t, h, p, d = qkv.shape
-        q, k, v = (part.view(b * t * h, p, d) for part in qkv)
         grad_y = grad_y.reshape(b * t * h, p, d)
         grad = torch.empty_like(qkv)
-        grad_q, grad_k, grad_v = (part.view(b * t * h, p, d)
-                                  for part in grad)
+        if ctx.sparse_backward:
+            attention_kernels.sparse_attention_backward(
+                _matrices(qkv).numpy(), ctx.row_scale, grad_y.numpy(),
+                _matrices(grad).numpy())
+            return grad, None, None, None
 
+        q, k, v = _matrices(qkv)
+        if scores is None:  # the forward pass ran the sparse kernel
+            scores = _spike_scores(q, k).mul_(weights)
+        grad_q, grad_k, grad_v = _matrices(grad)
         grad_scores = torch.bmm(grad_y, v.transpose(1, 2)).mul_(weights)
         torch.bmm(scores.transpose(1, 2), grad_y, out=grad_v)
         torch.bmm(grad_scores, k, out=grad_q)
         torch.bmm(grad_scores.transpose(1, 2), q, out=grad_k)
-        return grad, None, None
+        return grad, None, None, None
+
+
+def _matrices(qkv: torch.Tensor) -> torch.Tensor:
+    """(3, B, T, H, P, D) -> a (3, B*T*H, P, D) view."""
+    return qkv.view(3, -1, *qkv.shape[-2:])
 
 
 class SpikingMLP(nn.Module):
