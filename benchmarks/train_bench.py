@@ -2,7 +2,8 @@
 
 Prints one JSON report, whose figures docs/benchmarks.md quotes. It
 gives the tokens per second of both models and their ratio, the neuron's
-speed against SLAYER's and the weight gradient's speed by firing rate.
+speed against SLAYER's, and the speed of the weight gradient and of the
+attention by firing rate.
 Options add a profile, a trained checkpoint's step time and full
 trainings.
 
@@ -208,12 +209,36 @@ def weight_grad_speed(rounds: int) -> dict:
     return result
 
 
+def attention_speed(rounds: int) -> dict:
+    """Milliseconds of the spike attention of one demo layer, forward
+    plus backward, batched dense products against the sparse kernels,
+    by firing rate of Q|K|V."""
+    from neurodeploy.model.snn import _SplitAttention
+
+    shape = (3, 32, 4, 4, 64, 32)  # (Q|K|V, B, T, heads, P, D)
+    grad = torch.randn(shape[1:])
+    result = {}
+    for rate in (0.01, 0.03, 0.1, 0.2):
+        qkv = (torch.rand(shape) < rate).float().requires_grad_()
+        times = {"dense": [], "sparse": []}
+        for _ in range(rounds + 1):  # the first round is a warm-up
+            # A known rate of 0 forces the sparse kernels, none the dense.
+            for name, known in (("dense", None), ("sparse", 0.0)):
+                began = time.perf_counter()
+                y = _SplitAttention.apply(qkv, 0, True, known)
+                torch.autograd.grad(y, qkv, grad)
+                times[name].append(time.perf_counter() - began)
+        result[rate] = {name: 1000 * statistics.median(t[1:])
+                        for name, t in times.items()}
+    return result
+
+
 def trained_step_speed(checkpoint: str, rounds: int) -> dict:
     """Milliseconds per training step (rate penalty included) of a
-    trained spiking checkpoint, sparse weight gradients on and off,
-    interleaved."""
+    trained spiking checkpoint, interleaved: with the sparse kernels,
+    with dense attention products, and with no sparse kernel at all."""
     from neurodeploy.export import load_trained
-    from neurodeploy.model import spike_matmul
+    from neurodeploy.model import snn, spike_matmul
     from neurodeploy.train import firing_rate
 
     payload, model = load_trained(checkpoint)
@@ -225,11 +250,17 @@ def trained_step_speed(checkpoint: str, rounds: int) -> dict:
     x = torch.randint(0, model.head.out_features, shape, generator=generator)
     y = torch.randint(0, model.head.out_features, shape, generator=generator)
     penalty = spec.train.rate_penalty
-    settings = {"sparse": spike_matmul.SPARSE_RATE, "dense": 0.0}
+    # Thresholds: weight gradient, attention forward, attention backward.
+    defaults = (spike_matmul.SPARSE_RATE, snn.SPARSE_FORWARD_RATE,
+                snn.SPARSE_BACKWARD_RATE)
+    settings = {"sparse": defaults,
+                "dense_attention": (defaults[0], 0.0, 0.0),
+                "dense": (0.0, 0.0, 0.0)}
     times = {name: [] for name in settings}
     for index in range(rounds + 3):  # three warm-up rounds
-        for name, rate in settings.items():
-            spike_matmul.SPARSE_RATE = rate
+        for name, rates in settings.items():
+            spike_matmul.SPARSE_RATE, snn.SPARSE_FORWARD_RATE, \
+                snn.SPARSE_BACKWARD_RATE = rates
             began = time.perf_counter()
             logits = model(x)
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()) \
@@ -239,7 +270,8 @@ def trained_step_speed(checkpoint: str, rounds: int) -> dict:
             optimizer.step()
             if index >= 3:
                 times[name].append(time.perf_counter() - began)
-    spike_matmul.SPARSE_RATE = settings["sparse"]
+    spike_matmul.SPARSE_RATE, snn.SPARSE_FORWARD_RATE, \
+        snn.SPARSE_BACKWARD_RATE = defaults
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
@@ -341,8 +373,7 @@ def main() -> None:
                         help="also time the parts of 20 spiking steps")
     parser.add_argument("--checkpoint",
                         help="also time training steps of this trained "
-                        "spiking checkpoint, sparse weight gradients on "
-                        "and off")
+                        "spiking checkpoint, sparse kernels on and off")
     args = parser.parse_args()
     # The trainer's heap settings, the same for both models.
     from neurodeploy import heap
@@ -359,6 +390,7 @@ def main() -> None:
                                               args.block, args.processes),
         "neuron_ms": neuron_speed(args.rounds * args.block),
         "weight_grad_ms": weight_grad_speed(10),
+        "attention_ms": attention_speed(10),
     }
     if args.profile:
         report["profile"] = profile_shares(args.model, 20)

@@ -30,6 +30,7 @@ from .checkpoint import (CHECKPOINT_NAME, load_checkpoint, save_checkpoint,
 from .errors import NeurodeployError
 from .model import build_model
 from .model.neuron import CubaLIF, compile_kernels
+from .model.snn import compile_attention_kernels
 from .spec import Spec
 
 log = logging.getLogger(__name__)
@@ -183,8 +184,9 @@ def train(spec: Spec, corpus_path: str | None, out_dir: str | Path,
     if spec.model.arch == "snn" and torch.device(device).type == "cpu":
         began = time.perf_counter()
         compile_kernels()
-        log.info("neuron kernels ready in %.1f s (compiled on the first "
-                 "run, then loaded from numba's cache)",
+        compile_attention_kernels()
+        log.info("neuron and attention kernels ready in %.1f s (compiled "
+                 "on the first run, then loaded from numba's cache)",
                  time.perf_counter() - began)
 
     run = _Run(spec, model, optimizer, corpus, tokenizer, device,

@@ -96,7 +96,8 @@ def _scores(query, p, columns, counts, scores, touched):
 
 @numba.njit(inline="always")
 def _prepare(qkv, m, masks, columns, counts):
-    """Masks of Q, K and V of matrix ``m``, and the key columns."""
+    """Write the masks of Q, K and V of matrix ``m`` and list the key
+    columns."""
     for part in range(3):
         _row_masks(qkv[part, m], masks[part])
     _columns(masks[1], columns, counts)

@@ -209,8 +209,8 @@ class _SplitAttention(torch.autograd.Function):
         grad = torch.empty_like(qkv)
         if ctx.sparse_backward:
             attention_kernels.sparse_attention_backward(
-                _matrices(qkv).numpy(), ctx.row_scale, grad_y.numpy(),
-                _matrices(grad).numpy())
+                _matrices(qkv).numpy(), ctx.row_scale,
+                grad_y.contiguous().numpy(), _matrices(grad).numpy())
             return grad, None, None, None
 
         q, k, v = _matrices(qkv)
@@ -227,6 +227,15 @@ class _SplitAttention(torch.autograd.Function):
 def _matrices(qkv: torch.Tensor) -> torch.Tensor:
     """(3, B, T, H, P, D) -> a (3, B*T*H, P, D) view."""
     return qkv.view(3, -1, *qkv.shape[-2:])
+
+
+def compile_attention_kernels() -> None:
+    """Compile the sparse attention kernels, or load them from numba's
+    cache, on tiny inputs of the types training passes, so that the step
+    where the firing rate first falls below the thresholds does not pay
+    for it."""
+    qkv = torch.zeros(3, 1, 1, 1, 2, 3, requires_grad=True)
+    _SplitAttention.apply(qkv, 0, True, 0.0).sum().backward()
 
 
 class SpikingMLP(nn.Module):
