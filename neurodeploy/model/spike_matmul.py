@@ -166,19 +166,25 @@ def _weight_grad_kernel(grad, words, spikes, partial):
     for block in numba.prange(n_blocks):
         total = partial[block]
         total[:] = 0.0
+        inputs = np.empty(c_in, np.int64)
         for row in range(block * n_rows // n_blocks,
                          (block + 1) * n_rows // n_blocks):
             grad_row, words_row, spikes_row = grad[row], words[row], \
                 spikes[row]
+            # List the spiking inputs without a branch per input: inside a
+            # word that holds a spike, the CPU mispredicts such branches.
+            n_spikes = 0
             for w in range(n_words):
                 if words_row[w] == 0:
                     continue
                 for i in range(8 * w, 8 * w + 8):
-                    if spikes_row[i]:
-                        _add_row(total[i], grad_row)
+                    inputs[n_spikes] = i
+                    n_spikes += spikes_row[i]
             for i in range(8 * n_words, c_in):
-                if spikes_row[i]:
-                    _add_row(total[i], grad_row)
+                inputs[n_spikes] = i
+                n_spikes += spikes_row[i]
+            for n in range(n_spikes):
+                _add_row(total[inputs[n]], grad_row)
 
 
 @numba.njit(inline="always")
