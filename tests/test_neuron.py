@@ -341,3 +341,12 @@ def test_add_batch_norm_matches_torch(compiled, monkeypatch):
         assert torch.allclose(getattr(norms[1], name).double(),
                               getattr(norms[0], name).double(),
                               rtol=1e-5, atol=1e-6), name
+
+
+@pytest.mark.parametrize("n_blocks, n_threads", [(64, 2), (7, 2), (5, 8),
+                                                 (64, 3), (1, 1)])
+def test_reversed_blocks_are_a_permutation(n_blocks, n_threads):
+    # The affine pass's block order: each block exactly once.
+    order = [kernels._reversed_block(index, n_blocks, n_threads)
+             for index in range(n_blocks)]
+    assert sorted(order) == list(range(n_blocks))

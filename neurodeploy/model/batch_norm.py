@@ -13,6 +13,7 @@ through the statistics.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
 from torch import nn
@@ -130,7 +131,8 @@ def _affine(x, y, scale, offset, slope, out) -> None:
     else:
         kernels.affine_kernel(x.numpy(), y.numpy(), scale.numpy(),
                               offset.numpy(), slope.numpy(), out.numpy(),
-                              kernels.row_blocks(x.shape[0]))
+                              kernels.row_blocks(x.shape[0]),
+                              numba.get_num_threads())
 
 
 def add_batch_norm(stream: torch.Tensor, x: torch.Tensor,
