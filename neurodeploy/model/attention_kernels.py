@@ -95,6 +95,16 @@ def _scores(query, p, columns, counts, scores, touched):
 
 
 @numba.njit(inline="always")
+def _scratch(n_positions, n_channels):
+    """Allocate the per-thread arrays of ``_prepare`` and ``_scores``."""
+    return (np.empty((3, n_positions), np.uint64),
+            np.empty((n_channels, n_positions), np.int32),
+            np.empty(n_channels, np.int32),
+            np.zeros(n_positions, np.float32),
+            np.empty(n_positions, np.int32))
+
+
+@numba.njit(inline="always")
 def _prepare(qkv, m, masks, columns, counts):
     """Write the masks of Q, K and V of matrix ``m`` and list the key
     columns."""
@@ -109,11 +119,8 @@ def sparse_attention_forward(qkv, row_scale, y):
     _, n_matrices, n_positions, n_channels = qkv.shape
     n_blocks = max(1, min(n_matrices, ROW_BLOCKS))
     for block in numba.prange(n_blocks):
-        masks = np.empty((3, n_positions), np.uint64)
-        columns = np.empty((n_channels, n_positions), np.int32)
-        counts = np.empty(n_channels, np.int32)
-        scores = np.zeros(n_positions, np.float32)
-        touched = np.empty(n_positions, np.int32)
+        masks, columns, counts, scores, touched = \
+            _scratch(n_positions, n_channels)
         for m in range(block * n_matrices // n_blocks,
                        (block + 1) * n_matrices // n_blocks):
             _prepare(qkv, m, masks, columns, counts)
@@ -145,11 +152,8 @@ def sparse_attention_backward(qkv, row_scale, grad_y, grad):
     _, n_matrices, n_positions, n_channels = qkv.shape
     n_blocks = max(1, min(n_matrices, ROW_BLOCKS))
     for block in numba.prange(n_blocks):
-        masks = np.empty((3, n_positions), np.uint64)
-        columns = np.empty((n_channels, n_positions), np.int32)
-        counts = np.empty(n_channels, np.int32)
-        scores = np.zeros(n_positions, np.float32)
-        touched = np.empty(n_positions, np.int32)
+        masks, columns, counts, scores, touched = \
+            _scratch(n_positions, n_channels)
         values = np.empty(n_positions, np.int32)  # keys with a V spike
         both = np.empty(n_positions, np.int32)  # ... and a K spike
         for m in range(block * n_matrices // n_blocks,
