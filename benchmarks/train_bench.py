@@ -235,8 +235,9 @@ def attention_speed(rounds: int) -> dict:
 
 def trained_step_speed(checkpoint: str, rounds: int) -> dict:
     """Milliseconds per training step (rate penalty included) of a
-    trained spiking checkpoint, interleaved: with the sparse kernels,
-    with dense attention products, and with no sparse kernel at all."""
+    trained spiking checkpoint on a batch of random tokens, interleaved:
+    with the sparse kernels, with dense attention products, and with no
+    sparse kernel at all."""
     from neurodeploy.export import load_trained
     from neurodeploy.model import snn, spike_matmul
     from neurodeploy.train import firing_rate
@@ -342,11 +343,46 @@ def training_throughput(spec_name: str, window: int = 100) -> dict:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(
-            f"invalid value {text}: it must be a positive integer")
+            f"invalid value {text!r}: it must be a positive integer")
     return value
+
+
+def _check_inputs(parser, args) -> None:
+    """Reject a spec or checkpoint that a later stage would fail on,
+    before any measurement runs."""
+    from neurodeploy.checkpoint import load_checkpoint
+    from neurodeploy.errors import NeurodeployError
+    from neurodeploy.spec import load_spec
+
+    try:
+        load_spec(args.model)
+        if args.checkpoint:
+            arch = load_checkpoint(args.checkpoint)["spec"].model.arch
+            if arch != "snn":
+                parser.error(f"--checkpoint {args.checkpoint}: an {arch} "
+                             f"checkpoint; give a spiking (snn) one")
+    except NeurodeployError as error:
+        parser.error(str(error))
+
+
+def _machine() -> str:
+    """The CPU model, thread count and PyTorch version, for the report."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            names = [line.split(":", 1)[1].strip() for line in info
+                     if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch " \
+        f"{torch.__version__}"
 
 
 def main() -> None:
@@ -373,8 +409,10 @@ def main() -> None:
                         help="also time the parts of 20 spiking steps")
     parser.add_argument("--checkpoint",
                         help="also time training steps of this trained "
-                        "spiking checkpoint, sparse kernels on and off")
+                        "spiking checkpoint on a batch of random tokens, "
+                        "sparse kernels on and off")
     args = parser.parse_args()
+    _check_inputs(parser, args)
     # The trainer's heap settings, the same for both models.
     from neurodeploy import heap
     heap_settings = heap.keep_freed_memory()
@@ -383,8 +421,7 @@ def main() -> None:
         return
 
     report = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} "
-                   f"threads, torch {torch.__version__}",
+        "machine": _machine(),
         "heap_keeps_freed_memory": heap_settings,
         "throughput": throughput_in_processes(args.model, args.rounds,
                                               args.block, args.processes),

@@ -308,8 +308,8 @@ def _resume_state(checkpoint_path: Path, spec: Spec) -> dict:
     if changed:
         raise NeurodeployError(
             f"cannot resume: {checkpoint_path} was trained with another "
-            f"model ({changed}); use the same --model and --set options, "
-            "or a new --out folder"
+            f"model ({changed}); use the same --model, --arch and --set "
+            "options, or a new --out folder"
         )
     changed = _changed_fields(saved.train, spec.train, RESUMABLE_CHANGES)
     if changed:
