@@ -372,7 +372,7 @@ def _check_inputs(parser, args) -> None:
 
 
 def _machine() -> str:
-    """The CPU model, thread count and PyTorch version, for the report."""
+    """Return the CPU model, thread count and PyTorch version."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:

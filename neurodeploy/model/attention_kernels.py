@@ -31,8 +31,8 @@ MAX_CHANNELS = 64  # one uint64 mask per row
 
 @intrinsic
 def _lowest_bit(typingctx, mask):
-    """Index of the lowest set bit of a nonzero uint64 (LLVM's
-    llvm.cttz, one instruction on x86-64 with BMI)."""
+    """Return the index of the lowest set bit of a nonzero uint64 (LLVM's
+    llvm.cttz, a single tzcnt on x86-64 CPUs with BMI1)."""
     if mask != types.uint64:
         return None
 

@@ -407,8 +407,9 @@ def _reversed_block(index, n_blocks, n_threads):
     """Map the ``index``-th iteration of a parallel loop over blocks to
     the blocks of its thread's share in reverse order.
 
-    numba 0.61's default schedule gives each of ``n_threads`` threads an
-    equal contiguous share of the iterations. A pass that follows another over the same rows (the
+    By default numba 0.61 splits a parallel loop into one contiguous range
+    of iterations per thread (``get_sched_size`` and ``do_scheduling`` in
+    ``numba/parfors/parfor_lowering.py``, chunk size 0). A pass that follows another over the same rows (the
     sums of a batch norm, then its affine pass) then starts with the rows
     that the same core touched last, which are still in its L2 cache.
     Another schedule only changes the order, not the result."""

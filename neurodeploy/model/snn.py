@@ -183,12 +183,15 @@ class _SplitAttention(torch.autograd.Function):
     def forward(ctx, qkv, shift, position_shift, rate=None):
         _, b, t, h, p, d = qkv.shape
         weights = _causal_weights(p, shift, position_shift, qkv.device)
-        sparse = qkv.device.type == "cpu" and rate is not None \
+        known = qkv.device.type == "cpu" and rate is not None \
             and d <= attention_kernels.MAX_CHANNELS
-        ctx.sparse_backward = sparse and rate < SPARSE_BACKWARD_RATE
-        ctx.row_scale = weights.diagonal().contiguous().numpy() \
-            if sparse else None
-        if sparse and rate < SPARSE_FORWARD_RATE:
+        sparse_forward = known and rate < SPARSE_FORWARD_RATE
+        ctx.sparse_backward = known and rate < SPARSE_BACKWARD_RATE
+        ctx.row_scale = None
+        if sparse_forward or ctx.sparse_backward:
+            # The causal weights' diagonal is the per-query scale.
+            ctx.row_scale = weights.diagonal().contiguous().numpy()
+        if sparse_forward:
             y = qkv.new_empty(b, t, h, p, d)
             attention_kernels.sparse_attention_forward(
                 _matrices(qkv).numpy(), ctx.row_scale,
@@ -225,7 +228,7 @@ class _SplitAttention(torch.autograd.Function):
 
 
 def _matrices(qkv: torch.Tensor) -> torch.Tensor:
-    """(3, B, T, H, P, D) -> a (3, B*T*H, P, D) view."""
+    """Return (3, B, T, H, P, D) ``qkv`` as a (3, B*T*H, P, D) view."""
     return qkv.view(3, -1, *qkv.shape[-2:])
 
 

@@ -44,8 +44,9 @@ SPIKE_COUNT = "neurodeploy_spike_count"
 WEIGHT_STEP = 1 / 32  # SLAYER's quantize_8bit: mantissa steps of 2/64
 K_MIN, K_MAX = -128, 127  # 8-bit signed mantissa (of 2/64), exponent 0
 # Firing rate below which the sparse weight gradient beats the dense GEMM.
-# The two took equal time near a rate of 0.11 for (8192, 128) spikes and
-# 384 outputs on 2 Sapphire Rapids cores (docs/benchmarks.md).
+# On 2 Sapphire Rapids cores the two took equal time near 0.1 for (8192,
+# 256) spikes and 128 outputs, and near 0.18 for (8192, 128) spikes and
+# 384 outputs (docs/benchmarks.md).
 SPARSE_RATE = 0.1
 WEIGHT_GRAD_BLOCKS = 4  # row blocks, each with its own accumulator
 
@@ -171,8 +172,8 @@ def _weight_grad_kernel(grad, words, spikes, partial):
                          (block + 1) * n_rows // n_blocks):
             grad_row, words_row, spikes_row = grad[row], words[row], \
                 spikes[row]
-            # List the spiking inputs without a branch per input: inside a
-            # word that holds a spike, the CPU mispredicts such branches.
+            # List the spiking inputs without a branch per input, because
+            # inside a word that contains a spike such branches mispredict.
             n_spikes = 0
             for w in range(n_words):
                 if words_row[w] == 0:
