@@ -409,10 +409,11 @@ def _reversed_block(index, n_blocks, n_threads):
 
     By default numba 0.61 splits a parallel loop into one contiguous range
     of iterations per thread (``get_sched_size`` and ``do_scheduling`` in
-    ``numba/parfors/parfor_lowering.py``, chunk size 0). A pass that follows another over the same rows (the
-    sums of a batch norm, then its affine pass) then starts with the rows
-    that the same core touched last, which are still in its L2 cache.
-    Another schedule only changes the order, not the result."""
+    ``numba/parfors/parfor_lowering.py``, chunk size 0). A pass that
+    follows another over the same rows (the sums of a batch norm, then its
+    affine pass) then starts with the rows that the same core touched
+    last, which are still in its L2 cache. Another schedule only changes
+    the order, not the result."""
     share = -(-n_blocks // n_threads)
     first = index // share * share
     return first + min(share, n_blocks - first) - 1 - (index - first)
